@@ -1,0 +1,133 @@
+"""Berth's one configuration surface: BERTH_* environment variables, each with a default
+and help text in one place (the README's table is checked against this list)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A BERTH_* variable holds a value Berth cannot use."""
+
+
+def parse_size(text: str) -> int:
+    """'512m', '10G', '1048576' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use for example 512m or 10g)")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " kmgt".index(unit or " "))
+
+
+def parse_duration(text: str) -> int:
+    """'90', '90s', '15m', '4h', '2d' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use for example 90s, 15m or 4h)")
+    number, unit = match.groups()
+    return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a yes/no value: {text!r}")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+    parse: Callable[[str], object] = str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("BERTH_HOST", "127.0.0.1", "Address the web server listens on; 0.0.0.0 for a classroom server."),
+    Setting("BERTH_PORT", "5000", "Port the web server listens on.", int),
+    Setting("BERTH_DATA_DIR", "instance", "Where the progress store (SQLite), keys and certificates live; relative to the project folder.", str),
+    Setting("BERTH_LESSONS_DIR", "lessons", "Folder of lessons, one sub-folder each; relative to the project folder.", str),
+    Setting("BERTH_BASE_IMAGE", "ubuntu:latest", "The base image lessons use (what the learner runs). `./run` sets debian:bookworm when no registry answers.", str),
+    Setting("BERTH_MACHINE_IMAGE", "berth-machine:latest", "Image of a learner machine (built from machine/ by `./run`).", str),
+    Setting("BERTH_MIRROR_IMAGE", "berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.", str),
+    Setting("BERTH_MAX_SESSIONS", "20", "Most sessions at once; more are refused with 503 until one ends.", int),
+    Setting("BERTH_SESSION_TTL", "4h", "A session ends this long after it started.", parse_duration),
+    Setting("BERTH_SESSION_IDLE", "1h", "A session ends after this long without the learner's browser or API calls.", parse_duration),
+    Setting("BERTH_MACHINE_MEMORY", "1g", "Memory limit of one machine, its containers included.", parse_size),
+    Setting("BERTH_MACHINE_CPUS", "1.0", "CPUs one machine may use.", float),
+    Setting("BERTH_MACHINE_PIDS", "1024", "Most processes in one machine, its containers included.", int),
+    Setting("BERTH_MACHINE_DISK", "10g", "Size of a machine engine's disk (images, containers, volumes); empty: unbounded.", str),
+    Setting("BERTH_MACHINE_RUNTIME", "", "OCI runtime for machines, e.g. sysbox-runc; empty: sysbox-runc when the engine has it, else runc with the least privileges that run an engine.", str),
+    Setting("BERTH_NETWORK_POOL", "10.213.0.0/16", "Address range for sessions' private networks (a /27 each).", str),
+    Setting("BERTH_ALLOWED_ORIGINS", "", "Origins besides Berth's own that may open terminals and call the API with the cookie, comma-separated (never *).", parse_list),
+    Setting("BERTH_SHELLS_PER_MACHINE", "4", "Most terminal shells open at once in one machine.", int),
+    Setting("BERTH_SHELL_LINGER", "30m", "How long a shell lives on with no browser attached before it is ended.", parse_duration),
+    Setting("BERTH_CHECK_INTERVAL", "10s", "How often tasks are checked when nothing else prompts a check.", parse_duration),
+    Setting("BERTH_UPLOAD_LIMIT", "1g", "Largest file a learner may upload into or copy between machines.", parse_size),
+    Setting("BERTH_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING or ERROR.", str),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Typed settings; build with Config.from_env()."""
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+    data_dir: Path = PROJECT_DIR / "instance"
+    lessons_dir: Path = PROJECT_DIR / "lessons"
+    base_image: str = "ubuntu:latest"
+    machine_image: str = "berth-machine:latest"
+    mirror_image: str = "berth-mirror:latest"
+    max_sessions: int = 20
+    session_ttl: int = 4 * 3600
+    session_idle: int = 3600
+    machine_memory: int = 1024**3
+    machine_cpus: float = 1.0
+    machine_pids: int = 1024
+    machine_disk: str = "10g"
+    machine_runtime: str = ""
+    network_pool: str = "10.213.0.0/16"
+    allowed_origins: tuple[str, ...] = ()
+    shells_per_machine: int = 4
+    shell_linger: int = 1800
+    check_interval: int = 10
+    upload_limit: int = 1024**3
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Config":
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, object] = {}
+        for setting in SETTINGS:
+            raw = environ.get(setting.name, setting.default)
+            try:
+                value = setting.parse(raw)
+            except ValueError as error:
+                raise ConfigError(f"{setting.name}={raw!r}: {error}") from None
+            key = setting.name.removeprefix("BERTH_").lower()
+            if key in ("data_dir", "lessons_dir"):
+                value = (PROJECT_DIR / str(value)).resolve()
+            values[key] = value
+        if values["machine_disk"]:
+            try:
+                parse_size(str(values["machine_disk"]))
+            except ValueError as error:
+                raise ConfigError(f"BERTH_MACHINE_DISK: {error}") from None
+        if "*" in values["allowed_origins"]:  # type: ignore[operator]
+            raise ConfigError("BERTH_ALLOWED_ORIGINS may not contain '*': name each origin")
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

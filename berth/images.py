@@ -1,0 +1,270 @@
+"""Images: the machine and mirror images Berth builds, the base image lessons use, and
+the registry mirror through which every learner machine pulls them, so that an
+unmodified `docker pull IMAGE` works in a machine with no public registry in reach."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .config import PROJECT_DIR, Config
+
+log = logging.getLogger(__name__)
+
+DEBIAN_BASE = "debian:bookworm"
+LABEL_SOURCE = "berth.source"
+
+
+def split_reference(image: str) -> tuple[str, str]:
+    """'ubuntu' -> ('ubuntu', 'latest'); 'host:5000/a/b:1' -> ('host:5000/a/b', '1')."""
+    reference = image.split("@")[0]
+    if ":" in reference.rsplit("/", 1)[-1]:
+        name, tag = reference.rsplit(":", 1)
+        return name, tag
+    return reference, "latest"
+
+
+def mirror_path(image: str) -> str | None:
+    """Where a Docker Hub image lives in a mirror ('ubuntu:latest' -> 'library/ubuntu:latest');
+    None for images of other registries (mirrors only stand in for Docker Hub)."""
+    name, tag = split_reference(image)
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        if parts[0] not in ("docker.io", "index.docker.io"):
+            return None
+        parts = parts[1:]
+    if len(parts) == 1:
+        parts = ["library", *parts]
+    return "/".join(parts) + ":" + tag
+
+
+def _say(message: str) -> None:
+    print(f"berth: {message}", flush=True)
+
+
+def source_hash(folder: Path, base_id: str) -> str:
+    digest = hashlib.sha256(base_id.encode())
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Setup:
+    """What `./run` does before Berth starts: make sure every image exists."""
+
+    def __init__(self, client: docker.DockerClient, config: Config):
+        self.client = client
+        self.config = config
+
+    def has(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def pull(self, image: str) -> bool:
+        _say(f"pulling {image} ...")
+        try:
+            repository, tag = split_reference(image)
+            self.client.images.pull(repository, tag=tag)
+            return True
+        except (docker.errors.APIError, requests.exceptions.RequestException) as error:
+            _say(f"cannot pull {image}: {str(error).splitlines()[0][:200]}")
+            return False
+
+    def debian_base(self) -> None:
+        """debian:bookworm, from a registry or built from Debian's own packages."""
+        if self.has(DEBIAN_BASE) or self.pull(DEBIAN_BASE):
+            return
+        if subprocess.run(["which", "debootstrap"], capture_output=True).returncode != 0:
+            _say("installing debootstrap (Debian package) ...")
+            subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], check=True,
+                           env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        with tempfile.TemporaryDirectory(prefix="berth-rootfs-") as root:
+            _say(f"no registry answers: building {DEBIAN_BASE} from Debian packages with "
+                 "debootstrap (about 30 s) ...")
+            started = time.monotonic()
+            run = subprocess.Popen(["debootstrap", "--variant=minbase", "bookworm", root],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for line in run.stdout:  # type: ignore[union-attr]
+                if line.startswith("I: ") and any(w in line for w in ("Retriev", "Extract", "Install", "Unpack", "Configur")):
+                    print(f"  {line[3:].strip()[:100]}", flush=True)
+            if run.wait() != 0:
+                raise SystemExit("berth: debootstrap failed; see its output above")
+            tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+            imported = subprocess.run(["docker", "import", "-", DEBIAN_BASE], stdin=tar.stdout,
+                                      capture_output=True, text=True)
+            tar.wait()
+            if imported.returncode != 0:
+                raise SystemExit(f"berth: docker import failed: {imported.stderr}")
+            _say(f"built {DEBIAN_BASE} in {time.monotonic() - started:.0f} s")
+
+    def base_image(self) -> str:
+        """The base image lessons use; returns the name to put in BERTH_BASE_IMAGE."""
+        image = self.config.base_image
+        if self.has(image) or self.pull(image):
+            return image
+        if image == "ubuntu:latest":
+            _say(f"{image} cannot be pulled here; lessons use {DEBIAN_BASE} instead "
+                 f"(BERTH_BASE_IMAGE={DEBIAN_BASE})")
+            return DEBIAN_BASE
+        raise SystemExit(f"berth: BERTH_BASE_IMAGE={image} is neither present nor pullable")
+
+    def build(self, folder: Path, tag: str) -> None:
+        base_id = self.client.images.get(DEBIAN_BASE).id
+        wanted = source_hash(folder, base_id)
+        try:
+            if self.client.images.get(tag).labels.get(LABEL_SOURCE) == wanted:
+                return
+        except docker.errors.ImageNotFound:
+            pass
+        _say(f"building {tag} from {folder.relative_to(PROJECT_DIR)}/ (a minute or two the first time) ...")
+        steps = 0
+        for chunk in self.client.api.build(path=str(folder), tag=tag, buildargs={"BASE": DEBIAN_BASE},
+                                           labels={LABEL_SOURCE: wanted}, rm=True, forcerm=True,
+                                           decode=True):
+            if "error" in chunk:
+                raise SystemExit(f"berth: building {tag} failed: {chunk['error']}")
+            line = chunk.get("stream", "").strip()
+            if line.startswith("Step "):
+                steps += 1
+                print(f"  {line[:110]}", flush=True)
+        _say(f"built {tag}")
+
+    def run(self) -> str:
+        self.debian_base()
+        base = self.base_image()
+        self.build(PROJECT_DIR / "machine", self.config.machine_image)
+        if self.config.mirror_image:
+            self.build(PROJECT_DIR / "mirror", self.config.mirror_image)
+        return base
+
+
+class Mirror:
+    """The registry mirror of one Berth: a read-only registry that every session's
+    network reaches as `berth-mirror`, filled from the host engine by a short-lived
+    writer that listens on the engine host's loopback only."""
+
+    def __init__(self, client: docker.DockerClient, config: Config, instance_id: str):
+        self.client = client
+        self.config = config
+        self.name = f"berth-mirror-{instance_id}"
+        self.instance_id = instance_id
+        self.labels = {"berth.instance": instance_id, "berth.role": "mirror"}
+        self.status = "starting"
+        self.message = ""
+        self.container_id: str | None = None
+        self._lock = threading.Lock()
+
+    def start(self, images: list[str]) -> str | None:
+        """Run the reader, then push the images; returns the reader's container id."""
+        with self._lock:
+            try:
+                self.container_id = self._reader()
+                self._fill(images)
+                self.status, self.message = "ready", ""
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+                self.status = "failed"
+                self.message = f"the registry mirror is not working: {str(error)[:300]}"
+                log.error("%s", self.message)
+            return self.container_id
+
+    def _reader(self) -> str:
+        try:
+            container = self.client.containers.get(self.name)
+            if container.status != "running":
+                container.start()
+            return container.id
+        except docker.errors.NotFound:
+            pass
+        volume = self.client.volumes.create(self.name, labels=self.labels)
+        try:
+            network = self.client.networks.get(self.name)
+        except docker.errors.NotFound:
+            network = self.client.networks.create(self.name, driver="bridge", internal=True,
+                                                  labels=self.labels)
+        container = self.client.containers.run(
+            self.config.mirror_image, name=self.name, detach=True, labels=self.labels,
+            network=network.name, volumes={volume.name: {"bind": "/var/lib/docker-registry", "mode": "ro"}},
+            # the mirror sits on every session's network: it must never route between them
+            sysctls={"net.ipv4.ip_forward": "0"},
+            restart_policy={"Name": "unless-stopped"}, mem_limit="256m", pids_limit=200,
+            read_only=True,
+        )
+        return container.id
+
+    def _fill(self, images: list[str]) -> None:
+        todo = [(image, mirror_path(image)) for image in dict.fromkeys(images)]
+        for image, path in todo:
+            if path is None:
+                log.warning("%s is not a Docker Hub image; machines cannot pull it through the mirror", image)
+        todo = [(image, path) for image, path in todo if path]
+        present = [(i, p) for i, p in todo if self._present(i)]
+        if not present:
+            return
+        writer = self.client.containers.run(
+            self.config.mirror_image, ["/etc/berth/config.yml"], detach=True, remove=False,
+            labels=self.labels, name=f"{self.name}-writer-{int(time.time())}",
+            volumes={self.name: {"bind": "/var/lib/docker-registry", "mode": "rw"}},
+            ports={"5000/tcp": ("127.0.0.1", None)},
+        )
+        try:
+            writer.reload()
+            port = writer.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"]
+            time.sleep(0.3)
+            for image, path in present:
+                target = f"127.0.0.1:{port}/{path}"
+                repository, tag = target.rsplit(":", 1)
+                self.client.images.get(image).tag(repository, tag)
+                try:
+                    for _ in range(20):
+                        result = self.client.api.push(repository, tag=tag, stream=True, decode=True)
+                        errors = [r["error"] for r in result if "error" in r]
+                        if not errors:
+                            break
+                        if "connection refused" not in errors[0]:
+                            raise docker.errors.APIError(errors[0])
+                        time.sleep(0.25)  # the writer is still starting
+                    log.info("mirror: %s is served as %s", image, path)
+                finally:
+                    self.client.api.remove_image(target, noprune=True)
+        finally:
+            writer.remove(force=True)
+
+    def _present(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+            return True
+        except docker.errors.ImageNotFound:
+            log.warning("%s is not on the engine; the mirror cannot serve it", image)
+            return False
+
+
+def main() -> None:  # python -m berth.images: the image part of ./run
+    config = Config.from_env()
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        raise SystemExit(f"berth: the Docker engine does not answer: {error}") from None
+    base = Setup(client, config).run()
+    sys.stdout.flush()
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    (Path(config.data_dir) / "base-image").write_text(base + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,627 @@
+"""The machines backend: learner machines (each a container running its own Docker
+engine) on a Docker engine, the local one or the one DOCKER_HOST names.
+
+The contract (MachineBackend) is small so that another backend could sit behind it;
+DockerMachines is the implementation Berth ships."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import logging
+import os
+import socket
+import tarfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import IPAMConfig, IPAMPool, Mount
+
+from .certs import CertificateAuthority
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+LABEL_INSTANCE = "berth.instance"
+LABEL_SESSION = "berth.session"
+LABEL_MACHINE = "berth.machine"
+LABEL_ROLE = "berth.role"
+ENGINE_PORT = 2376
+MIRROR_ALIAS = "berth-mirror"
+# Docker's detach keys would swallow a key the learner types (ctrl-p by default): use a
+# sequence nobody types by accident.
+DETACH_KEYS = "ctrl-^,ctrl-^,ctrl-^,ctrl-^"
+
+
+class MachineError(Exception):
+    """Something about machines went wrong. `message` is for the learner or teacher;
+    `detail` (logged) is for whoever runs Berth."""
+
+    status = 500
+    code = "machine_error"
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class EngineUnavailable(MachineError):
+    status = 503
+    code = "engine_unavailable"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A learner machine as the backend sees it."""
+
+    session_id: str
+    name: str
+    container_id: str
+    address: str  # on the session's network; where Berth reaches its engine and ports
+    state: str  # the container's state: running, exited, created, ...
+    labels: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: bytes
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+
+class Tty:
+    """A process with a terminal in a machine: raw bytes both ways."""
+
+    def __init__(self, api: docker.APIClient, exec_id: str, sock: socket.socket):
+        self._api = api
+        self.exec_id = exec_id
+        self.sock = sock
+
+    def read(self, size: int = 65536) -> bytes:
+        """Bytes from the terminal; b"" once the process has ended."""
+        try:
+            return self.sock.recv(size)
+        except OSError:
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        try:
+            self._api.exec_resize(self.exec_id, height=rows, width=cols)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as error:
+            log.debug("resize of %s failed: %s", self.exec_id[:12], error)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def pid(self) -> int | None:
+        """The process's pid as the machine's engine host sees it."""
+        try:
+            return self._api.exec_inspect(self.exec_id).get("Pid") or None
+        except docker.errors.APIError:
+            return None
+
+
+class MachineBackend(ABC):
+    """What Berth needs from wherever learner machines run."""
+
+    @abstractmethod
+    def create_session(self, session_id: str, names: list[str]) -> list[Machine]:
+        """Create a private network and the named machines on it, started. All or
+        nothing: on failure everything made so far is removed and MachineError raised."""
+
+    @abstractmethod
+    def machines(self, session_id: str | None = None) -> list[Machine]:
+        """Machines that exist (of one session, or all of this Berth's): for adoption."""
+
+    @abstractmethod
+    def wait_ready(self, machine: Machine, timeout: float) -> None:
+        """Return when the machine's engine answers; MachineError after timeout."""
+
+    @abstractmethod
+    def start(self, machine: Machine) -> None:
+        """Start a machine that stopped (after a host reboot, say); its disk is kept."""
+
+    @abstractmethod
+    def destroy_session(self, session_id: str) -> None:
+        """Remove the session's machines, disks and network; nothing there is fine."""
+
+    @abstractmethod
+    def session_ids(self) -> set[str]:
+        """Sessions that have anything of this Berth's on the engine."""
+
+    @abstractmethod
+    def exec(self, machine: Machine, argv: list[str], timeout: float = 30,
+             stdin: bytes | None = None) -> ExecResult:
+        """Run a command in the machine (not in a container inside it)."""
+
+    @abstractmethod
+    def open_tty(self, machine: Machine, argv: list[str], cols: int, rows: int,
+                 env: dict[str, str] | None = None) -> Tty:
+        """Start an interactive process with a terminal of the given size."""
+
+    @abstractmethod
+    def engine(self, machine: Machine) -> docker.DockerClient:
+        """A Docker SDK client to the machine's own engine (Berth's alone)."""
+
+
+def _gone(error: Exception) -> bool:
+    return isinstance(error, docker.errors.NotFound)
+
+
+class DockerMachines(MachineBackend):
+    """Machines as containers on a Docker engine, each with its own dockerd inside."""
+
+    def __init__(self, config: Config, instance_id: str, authority: CertificateAuthority,
+                 host_client: docker.DockerClient | None = None):
+        self.config = config
+        self.instance_id = instance_id
+        self.authority = authority
+        self._host = host_client
+        self._host_lock = threading.Lock()
+        self._network_lock = threading.Lock()
+        self._engines: dict[str, docker.DockerClient] = {}
+        self._engines_lock = threading.Lock()
+        self.profile_name = ""
+        self._profile: dict | None = None
+        self.profile_error = ""
+        self.mirror_container: str | None = None  # set by the images part when a mirror runs
+        self._self_container: str | None = self._own_container_id()
+
+    # --- the host engine
+
+    @property
+    def host(self) -> docker.DockerClient:
+        with self._host_lock:
+            if self._host is None:
+                try:
+                    self._host = docker.from_env(timeout=60)
+                    self._host.ping()
+                except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+                    self._host = None
+                    raise EngineUnavailable(
+                        "The Docker engine does not answer. Start it (./run serve does this on "
+                        "Debian) or point DOCKER_HOST at one, then try again.", str(error)
+                    ) from None
+            return self._host
+
+    def ping(self) -> None:
+        try:
+            self.host.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            with self._host_lock:
+                self._host = None
+            raise EngineUnavailable(
+                "The Docker engine does not answer. Start it (./run serve does this on Debian) "
+                "or point DOCKER_HOST at one.", str(error)
+            ) from None
+
+    def _labels(self, session_id: str, role: str, machine: str | None = None) -> dict[str, str]:
+        labels = {LABEL_INSTANCE: self.instance_id, LABEL_SESSION: session_id, LABEL_ROLE: role}
+        if machine:
+            labels[LABEL_MACHINE] = machine
+        return labels
+
+    def _filters(self, session_id: str | None, role: str) -> dict:
+        labels = [f"{LABEL_INSTANCE}={self.instance_id}", f"{LABEL_ROLE}={role}"]
+        if session_id:
+            labels.append(f"{LABEL_SESSION}={session_id}")
+        return {"label": labels}
+
+    # --- how much privilege an engine inside a machine needs here
+
+    def profiles(self) -> list[tuple[str, dict]]:
+        """Ways to run a machine, least privilege first."""
+        runtimes = self.host.info().get("Runtimes", {}) or {}
+        wanted = self.config.machine_runtime
+        if wanted and wanted not in runtimes:
+            raise MachineError(
+                f"BERTH_MACHINE_RUNTIME={wanted} is not a runtime of this engine "
+                f"(it has: {', '.join(sorted(runtimes))})."
+            )
+        runtime = wanted or ("sysbox-runc" if "sysbox-runc" in runtimes else "")
+        choices: list[tuple[str, dict]] = []
+        if runtime == "sysbox-runc":
+            choices.append(("sysbox-runc", {"runtime": runtime}))
+        least = {
+            # An engine needs to mount (SYS_ADMIN) and to set up networks and iptables
+            # (NET_ADMIN); runc inside needs keyctl, which Docker's default seccomp
+            # profile refuses; the loop device gives the engine a disk of bounded size.
+            "cap_add": ["SYS_ADMIN", "NET_ADMIN"],
+            "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+            "systempaths_unconfined": True,
+            "device_cgroup_rules": ["b 7:* rwm", "c 10:237 rwm"],
+            "cgroupns": "private",
+        }
+        if runtime and runtime != "sysbox-runc":
+            least["runtime"] = runtime
+        choices.append((f"{runtime or 'runc'}: SYS_ADMIN+NET_ADMIN, no seccomp", least))
+        choices.append(("privileged", {"privileged": True, "cgroupns": "private",
+                                      **({"runtime": runtime} if runtime else {})}))
+        return choices
+
+    def detect_profile(self) -> str:
+        """Start a probe machine with each profile until one runs an engine; remember it."""
+        errors = []
+        for name, options in self.profiles():
+            probe_id = f"probe-{os.urandom(3).hex()}"
+            try:
+                machine = self._create_machine(probe_id, "probe", None, None, options)
+                self.wait_ready(machine, timeout=20)
+            except MachineError as error:
+                errors.append(f"{name}: {error.detail or error.message}")
+                log.info("machine profile %r does not work here: %s", name, error.detail or error)
+                continue
+            finally:
+                self.destroy_session(probe_id)
+            self._profile, self.profile_name, self.profile_error = options, name, ""
+            log.info("learner machines run with: %s", name)
+            return name
+        self.profile_error = "No way to run a Docker engine in a container works here: " + "; ".join(errors)
+        raise MachineError(self.profile_error)
+
+    @property
+    def profile(self) -> dict:
+        if self._profile is None:
+            self.detect_profile()
+        return self._profile  # type: ignore[return-value]
+
+    # --- sessions
+
+    def create_session(self, session_id: str, names: list[str]) -> list[Machine]:
+        try:
+            network, subnet = self._create_network(session_id)
+            hosts = list(subnet.hosts())
+            with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+                futures = [
+                    pool.submit(self._create_machine, session_id, name, network,
+                                str(hosts[9 + index]), self.profile)
+                    for index, name in enumerate(names)
+                ]
+                return [future.result() for future in futures]
+        except BaseException as error:
+            self.destroy_session(session_id)
+            if isinstance(error, MachineError):
+                raise
+            if isinstance(error, (docker.errors.DockerException, requests.exceptions.RequestException)):
+                raise MachineError("The machines could not be created.", str(error)) from error
+            raise
+
+    def _create_network(self, session_id: str):
+        """A private bridge network of the session's own, in the configured pool."""
+        pool = ipaddress.ip_network(self.config.network_pool)
+        with self._network_lock:
+            for attempt in range(5):
+                used = []
+                for net in self.host.api.networks():
+                    for entry in (net.get("IPAM") or {}).get("Config") or []:
+                        try:
+                            used.append(ipaddress.ip_network(entry.get("Subnet", ""), strict=False))
+                        except ValueError:
+                            pass
+                subnet = next(
+                    (s for s in pool.subnets(new_prefix=27)
+                     if not any(s.overlaps(u) for u in used if u.version == 4)),
+                    None,
+                )
+                if subnet is None:
+                    raise MachineError(
+                        "The address pool for sessions is used up; end some sessions or widen "
+                        "BERTH_NETWORK_POOL.", f"no free /27 in {pool}"
+                    )
+                hosts = list(subnet.hosts())
+                try:
+                    network = self.host.networks.create(
+                        f"berth-{session_id}", driver="bridge", check_duplicate=True,
+                        ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(hosts[0]))]),
+                        labels=self._labels(session_id, "network"),
+                    )
+                    break
+                except docker.errors.APIError as error:
+                    if "overlap" in str(error).lower() and attempt < 4:
+                        continue  # another Berth took it meanwhile
+                    raise
+        for container, address, alias in (
+            (self.mirror_container, hosts[1], [MIRROR_ALIAS]),
+            (self._self_container, hosts[2], ["berth"]),
+        ):
+            if container:
+                try:
+                    network.connect(container, ipv4_address=str(address), aliases=alias)
+                except docker.errors.APIError as error:
+                    log.warning("could not connect %s to %s: %s", container[:12], network.name, error)
+        return network, subnet
+
+    def _create_machine(self, session_id: str, name: str, network, address: str | None,
+                        profile: dict) -> Machine:
+        try:
+            return self._create_machine_unchecked(session_id, name, network, address, profile)
+        except docker.errors.ImageNotFound:
+            raise MachineError(
+                f"The machine image {self.config.machine_image} is missing; ./run builds it.",
+            ) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            raise MachineError(f"The machine {name} could not be created.", str(error)) from None
+
+    def _create_machine_unchecked(self, session_id: str, name: str, network, address: str | None,
+                                  profile: dict) -> Machine:
+        api = self.host.api
+        disk = api.create_volume(f"berth-{session_id}-{name}-disk",
+                                 labels=self._labels(session_id, "disk", name))
+        environment = {"BERTH_DISK_SIZE": self.config.machine_disk}
+        if self.mirror_container and network is not None:
+            environment["BERTH_MIRROR"] = f"http://{MIRROR_ALIAS}:5000"
+        profile = dict(profile)
+        unconfined_paths = profile.pop("systempaths_unconfined", False)
+        host_config = api.create_host_config(
+            mounts=[Mount("/var/lib/berth-disk", disk["Name"], type="volume")],
+            mem_limit=self.config.machine_memory,
+            memswap_limit=self.config.machine_memory,
+            nano_cpus=int(self.config.machine_cpus * 1e9),
+            pids_limit=self.config.machine_pids,
+            network_mode=network.name if network is not None else "none",
+            **profile,
+        )
+        if unconfined_paths:
+            # What `--security-opt systempaths=unconfined` means: the engine inside writes
+            # to /proc/sys (forwarding, bridges) of its own network namespace.
+            host_config["MaskedPaths"] = []
+            host_config["ReadonlyPaths"] = []
+        networking = None
+        if network is not None:
+            networking = api.create_networking_config({
+                network.name: api.create_endpoint_config(ipv4_address=address, aliases=[name]),
+            })
+        created = api.create_container(
+            self.config.machine_image, name=f"berth-{session_id}-{name}", hostname=name,
+            labels=self._labels(session_id, "machine", name), environment=environment,
+            host_config=host_config, networking_config=networking, detach=True,
+        )
+        container_id = created["Id"]
+        if address:
+            cert = self.authority.server_certificate(name, address)
+            api.put_archive(container_id, "/etc/berth/tls", _tar({
+                "ca.pem": cert.ca_pem, "cert.pem": cert.cert_pem, "key.pem": cert.key_pem,
+            }))
+        try:
+            api.start(container_id)
+        except docker.errors.APIError as error:
+            raise MachineError(f"The machine {name} could not start.", str(error)) from None
+        return Machine(session_id, name, container_id, address or "", "running",
+                       self._labels(session_id, "machine", name))
+
+    def machines(self, session_id: str | None = None) -> list[Machine]:
+        found = []
+        for container in self.host.containers.list(all=True, filters=self._filters(session_id, "machine")):
+            labels = container.labels
+            networks = container.attrs["NetworkSettings"]["Networks"] or {}
+            net = networks.get(f"berth-{labels[LABEL_SESSION]}") or {}
+            address = (net.get("IPAMConfig") or {}).get("IPv4Address") or net.get("IPAddress") or ""
+            found.append(Machine(labels[LABEL_SESSION], labels[LABEL_MACHINE], container.id,
+                                 address, container.status, dict(labels)))
+        return found
+
+    def session_ids(self) -> set[str]:
+        ids = set()
+        for kind in ("machine", "disk", "network"):
+            filters = self._filters(None, kind)
+            if kind == "machine":
+                items = [c.labels for c in self.host.containers.list(all=True, filters=filters)]
+            elif kind == "disk":
+                items = [v.attrs.get("Labels") or {} for v in self.host.volumes.list(filters=filters)]
+            else:
+                items = [n.attrs.get("Labels") or {} for n in self.host.networks.list(filters=filters)]
+            ids.update(labels.get(LABEL_SESSION, "") for labels in items)
+        ids.discard("")
+        return ids
+
+    def wait_ready(self, machine: Machine, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            try:
+                if machine.address:
+                    self.engine(machine).ping()
+                else:
+                    result = self.exec(machine, ["test", "-e", "/run/berth/ready"], timeout=5)
+                    if result.exit_code != 0:
+                        raise MachineError("not ready yet")
+                return
+            except (MachineError, docker.errors.DockerException,
+                    requests.exceptions.RequestException) as error:
+                last_error = str(error)
+                state = self._state(machine)
+                if state not in ("running", "created"):
+                    logs = self._logs(machine)
+                    raise MachineError(f"The machine {machine.name} stopped while starting.",
+                                       f"state {state}; log: {logs}") from None
+            time.sleep(0.05)
+        raise MachineError(f"The machine {machine.name} did not get ready in {timeout:.0f} s.",
+                           f"{last_error}; log: {self._logs(machine)}")
+
+    def _state(self, machine: Machine) -> str:
+        try:
+            return self.host.api.inspect_container(machine.container_id)["State"]["Status"]
+        except docker.errors.NotFound:
+            return "gone"
+
+    def _logs(self, machine: Machine) -> str:
+        try:
+            return self.host.api.logs(machine.container_id, tail=20).decode("utf-8", "replace")
+        except docker.errors.APIError:
+            return ""
+
+    def start(self, machine: Machine) -> None:
+        try:
+            self.host.api.start(machine.container_id)
+        except docker.errors.APIError as error:
+            raise MachineError(f"The machine {machine.name} could not start again.", str(error)) from None
+        self._forget_engine(machine)
+
+    def destroy_session(self, session_id: str) -> None:
+        host = self.host
+        for container in host.containers.list(all=True, filters=self._filters(session_id, "machine")):
+            self._forget_engine_id(container.id)
+            try:
+                container.remove(force=True, v=True)
+            except docker.errors.APIError as error:
+                if not _gone(error):
+                    log.warning("removing %s: %s", container.name, error)
+        for volume in host.volumes.list(filters=self._filters(session_id, "disk")):
+            try:
+                volume.remove(force=True)
+            except docker.errors.APIError as error:
+                if not _gone(error):
+                    log.warning("removing volume %s: %s", volume.name, error)
+        for network in host.networks.list(filters=self._filters(session_id, "network")):
+            for container in (self.mirror_container, self._self_container):
+                if container:
+                    try:
+                        network.disconnect(container, force=True)
+                    except docker.errors.APIError:
+                        pass
+            try:
+                network.remove()
+            except docker.errors.APIError as error:
+                if not _gone(error):
+                    log.warning("removing network %s: %s", network.name, error)
+
+    # --- inside a machine
+
+    def exec(self, machine: Machine, argv: list[str], timeout: float = 30,
+             stdin: bytes | None = None) -> ExecResult:
+        api = self.host.api
+        try:
+            exec_id = api.exec_create(
+                machine.container_id, ["timeout", "-k", "2", str(int(timeout) or 1), *argv],
+                stdin=stdin is not None,
+            )["Id"]
+            if stdin is None:
+                output = api.exec_start(exec_id)
+            else:
+                sock = api.exec_start(exec_id, socket=True)
+                raw = getattr(sock, "_sock", sock)
+                raw.sendall(stdin)
+                raw.shutdown(socket.SHUT_WR)
+                output = _read_multiplexed(raw)
+                sock.close()
+            code = api.exec_inspect(exec_id).get("ExitCode")
+        except docker.errors.NotFound:
+            raise MachineError(f"The machine {machine.name} is gone.") from None
+        except docker.errors.APIError as error:
+            raise MachineError(f"The machine {machine.name} cannot run commands now.", str(error)) from None
+        return ExecResult(code if code is not None else -1, output)
+
+    def open_tty(self, machine: Machine, argv: list[str], cols: int, rows: int,
+                 env: dict[str, str] | None = None) -> Tty:
+        api = self.host.api
+        # The terminal has no size until resized, and cannot be resized before it
+        # starts: set the size first thing inside.
+        command = ["sh", "-c", f'stty cols {int(cols)} rows {int(rows)} 2>/dev/null; exec "$@"',
+                   "sh", *argv]
+        try:
+            exec_id = api.exec_create(
+                machine.container_id, command, stdin=True, tty=True, detach_keys=DETACH_KEYS,
+                environment={"TERM": "xterm-256color", "LANG": "C.UTF-8", **(env or {})},
+            )["Id"]
+            response = api.exec_start(exec_id, tty=True, socket=True)
+        except docker.errors.APIError as error:
+            raise MachineError(f"A terminal in {machine.name} could not be opened.", str(error)) from None
+        sock = getattr(response, "_sock", response)
+        sock.settimeout(None)  # the client's 60 s timeout would drop an idle terminal
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1) if sock.family != socket.AF_UNIX else None
+        return Tty(api, exec_id, sock)
+
+    def engine(self, machine: Machine) -> docker.DockerClient:
+        with self._engines_lock:
+            client = self._engines.get(machine.container_id)
+            if client is None:
+                if not machine.address:
+                    raise MachineError(f"The machine {machine.name} has no network address.")
+                tls = docker.tls.TLSConfig(
+                    client_cert=(str(self.authority.client_cert_path), str(self.authority.client_key_path)),
+                    ca_cert=str(self.authority.ca_cert_path), verify=True,
+                )
+                client = docker.DockerClient(base_url=f"https://{machine.address}:{ENGINE_PORT}",
+                                             tls=tls, version="1.41", timeout=20)
+                # Environment settings (REQUESTS_CA_BUNDLE, proxies) must not replace the
+                # machine's CA or send its engine's traffic elsewhere.
+                client.api.trust_env = False
+                self._engines[machine.container_id] = client
+            return client
+
+    def _forget_engine(self, machine: Machine) -> None:
+        self._forget_engine_id(machine.container_id)
+
+    def _forget_engine_id(self, container_id: str) -> None:
+        with self._engines_lock:
+            client = self._engines.pop(container_id, None)
+        if client is not None:
+            client.close()
+
+    # --- Berth inside a container
+
+    @staticmethod
+    def _own_container_id() -> str | None:
+        """When Berth itself runs in a container (not on the host network), it joins each
+        session's network to reach the machines' engines and ports."""
+        if not os.path.exists("/.dockerenv"):
+            return None
+        return socket.gethostname()
+
+    def check_own_container(self) -> None:
+        if not self._self_container:
+            return
+        try:
+            me = self.host.api.inspect_container(self._self_container)
+        except docker.errors.NotFound:
+            log.info("running in a container that the engine does not know (%s); not joining "
+                     "session networks", self._self_container)
+            self._self_container = None
+            return
+        if me["HostConfig"].get("NetworkMode") == "host":
+            self._self_container = None  # the host's routes reach the machines already
+        else:
+            self._self_container = me["Id"]
+
+
+def _tar(files: dict[str, bytes], mode: int = 0o600) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _read_multiplexed(sock: socket.socket) -> bytes:
+    """Read a non-TTY exec stream to its end, dropping Docker's 8-byte frame headers."""
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    out = bytearray()
+    index = 0
+    while index + 8 <= len(data):
+        size = int.from_bytes(data[index + 4:index + 8], "big")
+        out += data[index + 8:index + 8 + size]
+        index += 8 + size
+    return bytes(out)

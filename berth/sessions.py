@@ -1,0 +1,222 @@
+"""Sessions: a learner's lesson plus the machines it declares, on a private network of
+their own; an id, a secret token and an expiry, kept in the progress store so that a
+server restart loses nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from .config import Config
+from .lessons import Library
+from .machines import Machine, MachineBackend, MachineError
+from .store import MachineRecord, SessionRecord, Store
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 60
+TOUCH_EVERY = 30  # seconds between writes of last_seen_at
+
+
+class SessionError(Exception):
+    """A request about sessions that cannot be served: an HTTP status, a code, a message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Sessions:
+    def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library):
+        self.config = config
+        self.store = store
+        self.backend = backend
+        self.library = library
+        self._create_lock = threading.Lock()
+        self._starting: dict[str, threading.Thread] = {}
+        # Called with a session id when its machines are ready / when it ends.
+        self.on_ready: list[Callable[[str], None]] = []
+        self.on_end: list[Callable[[str], None]] = []
+
+    # --- create, find, end
+
+    def create(self, slug: str, wait: bool = False) -> tuple[SessionRecord, str]:
+        lesson = self.library.get(slug)
+        if lesson is None:
+            raise SessionError(404, "unknown_lesson", f"There is no lesson {slug!r}.")
+        with self._create_lock:
+            if self.store.count_active() >= self.config.max_sessions:
+                raise SessionError(
+                    503, "capacity",
+                    f"Berth is full: {self.config.max_sessions} sessions are running, the most "
+                    "this server allows (BERTH_MAX_SESSIONS). Try again when one has ended.",
+                )
+            session_id = secrets.token_hex(6)
+            token = secrets.token_urlsafe(32)
+            now = time.time()
+            record = SessionRecord(
+                id=session_id, token_hash=hash_token(token), lesson=slug, created_at=now,
+                expires_at=now + self.config.session_ttl, last_seen_at=now,
+                machines=[MachineRecord(name, "starting") for name in lesson.machines],
+            )
+            self.store.add_session(record)
+        thread = threading.Thread(target=self._start_machines, args=(session_id, list(lesson.machines)),
+                                  name=f"start-{session_id}", daemon=True)
+        self._starting[session_id] = thread
+        thread.start()
+        if wait:
+            thread.join(READY_TIMEOUT + 10)
+        return self.store.session(session_id), token  # type: ignore[return-value]
+
+    def _start_machines(self, session_id: str, names: list[str]) -> None:
+        started = time.monotonic()
+        try:
+            machines = self.backend.create_session(session_id, names)
+            with ThreadPoolExecutor(max_workers=len(machines)) as pool:
+                list(pool.map(lambda m: self._wait_ready(session_id, m), machines))
+        except MachineError as error:
+            log.error("session %s: machines failed: %s (%s)", session_id, error.message, error.detail)
+            self.backend.destroy_session(session_id)  # nothing half-made stays behind
+            for name in names:
+                self.store.set_machine(session_id, name, "failed", error.message)
+            return
+        except Exception as error:  # never leave a session "starting" forever
+            log.exception("session %s: machines failed", session_id)
+            self.backend.destroy_session(session_id)
+            for name in names:
+                self.store.set_machine(session_id, name, "failed", f"Berth could not start the machines ({type(error).__name__}).")
+            return
+        finally:
+            self._starting.pop(session_id, None)
+        log.info("session %s ready in %.2f s", session_id, time.monotonic() - started)
+        for callback in self.on_ready:
+            try:
+                callback(session_id)
+            except Exception:
+                log.exception("on_ready callback failed for %s", session_id)
+
+    def _wait_ready(self, session_id: str, machine: Machine) -> None:
+        self.backend.wait_ready(machine, READY_TIMEOUT)
+        self.store.set_machine(session_id, machine.name, "ready")
+
+    def get(self, session_id: str) -> SessionRecord:
+        record = self.store.session(session_id)
+        if record is None or record.ended_at is not None:
+            raise SessionError(404, "unknown_session",
+                               "There is no such session (it may have ended or expired).")
+        return record
+
+    def authenticate(self, session_id: str, token: str | None) -> SessionRecord:
+        """The session if the token is its own; 401 without a token, 403 with a wrong one."""
+        if not token:
+            raise SessionError(401, "token_required",
+                               "This needs the session's token: send 'Authorization: Bearer TOKEN'.")
+        record = self.get(session_id)
+        if not hmac.compare_digest(record.token_hash, hash_token(token)):
+            raise SessionError(403, "wrong_token", "That token does not belong to this session.")
+        if time.time() - record.last_seen_at > TOUCH_EVERY:
+            self.store.touch(session_id)
+        return record
+
+    def end(self, session_id: str) -> None:
+        self.store.end_session(session_id)
+        thread = self._starting.get(session_id)
+        if thread is not None:
+            thread.join(READY_TIMEOUT)
+        for callback in self.on_end:
+            try:
+                callback(session_id)
+            except Exception:
+                log.exception("on_end callback failed for %s", session_id)
+        self.backend.destroy_session(session_id)
+        log.info("session %s ended", session_id)
+
+    def machine(self, session_id: str, name: str) -> Machine:
+        """The running machine `name` of a session, for terminals, checks and previews."""
+        record = self.get(session_id)
+        status = next((m for m in record.machines if m.name == name), None)
+        if status is None:
+            raise SessionError(404, "unknown_machine", f"This session has no machine {name!r}.")
+        if status.status != "ready":
+            raise SessionError(409, "machine_not_ready",
+                               f"The machine {name} is {status.status}" + (f": {status.message}" if status.message else "."))
+        for machine in self.backend.machines(session_id):
+            if machine.name == name:
+                return machine
+        raise SessionError(503, "machine_gone", f"The machine {name} is gone; start a new session.")
+
+    # --- after a restart, and over time
+
+    def adopt(self) -> None:
+        """Take over the machines of every active session after a (re)start."""
+        for record in self.store.sessions():
+            try:
+                found = {m.name: m for m in self.backend.machines(record.id)}
+            except MachineError as error:
+                log.error("cannot adopt sessions: %s", error.message)
+                return
+            names = [m.name for m in record.machines]
+            if not all(name in found for name in names):
+                missing = ", ".join(n for n in names if n not in found)
+                log.warning("session %s lost machine(s) %s; its machines are marked failed", record.id, missing)
+                self.backend.destroy_session(record.id)
+                for name in names:
+                    self.store.set_machine(record.id, name, "failed",
+                                           f"The machine {name} was lost while Berth was down; start a new session.")
+                continue
+            thread = threading.Thread(target=self._resume, args=(record.id, [found[n] for n in names]),
+                                      name=f"adopt-{record.id}", daemon=True)
+            self._starting[record.id] = thread
+            thread.start()
+
+    def _resume(self, session_id: str, machines: list[Machine]) -> None:
+        try:
+            for machine in machines:
+                if machine.state != "running":
+                    self.store.set_machine(session_id, machine.name, "starting")
+                    self.backend.start(machine)
+            with ThreadPoolExecutor(max_workers=len(machines)) as pool:
+                list(pool.map(lambda m: self._wait_ready(session_id, m), machines))
+        except MachineError as error:
+            log.error("session %s: could not resume: %s (%s)", session_id, error.message, error.detail)
+            for machine in machines:
+                self.store.set_machine(session_id, machine.name, "failed", error.message)
+            return
+        finally:
+            self._starting.pop(session_id, None)
+        log.info("session %s adopted", session_id)
+        for callback in self.on_ready:
+            try:
+                callback(session_id)
+            except Exception:
+                log.exception("on_ready callback failed for %s", session_id)
+
+    def reap(self) -> list[str]:
+        """End expired and idle sessions, and remove anything labelled for a session this
+        Berth no longer has. Returns the ids of the sessions it ended."""
+        now = time.time()
+        ended = []
+        for record in self.store.sessions():
+            if record.expires_at < now or record.last_seen_at + self.config.session_idle < now:
+                reason = "expired" if record.expires_at < now else "idle"
+                log.info("reaping %s session %s", reason, record.id)
+                self.end(record.id)
+                ended.append(record.id)
+        # List what the engine has before what the store has: a session gets its row
+        # before anything of it is created, so nothing being created looks orphaned.
+        labelled = self.backend.session_ids()
+        active = {r.id for r in self.store.sessions()} | set(self._starting)
+        for orphan in labelled - active:
+            log.info("removing leftovers of session %s", orphan)
+            self.backend.destroy_session(orphan)
+        return ended
