@@ -56,7 +56,7 @@ class CertificateAuthority:
         else:
             self._key = ec.generate_private_key(ec.SECP256R1())
             name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Berth machine engines CA")])
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             self._cert = (
                 x509.CertificateBuilder()
                 .subject_name(name).issuer_name(name)
@@ -92,7 +92,7 @@ class CertificateAuthority:
 
     def _issue(self, common_name: str, sans: list, usage) -> tuple[bytes, bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

@@ -49,7 +49,7 @@ def mirror_path(image: str) -> str | None:
 
 
 def _say(message: str) -> None:
-    print(f"berth: {message}", flush=True)
+    print(f"berth: {message}", file=sys.stderr, flush=True)
 
 
 def source_hash(folder: Path, base_id: str) -> str:
@@ -101,7 +101,7 @@ class Setup:
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for line in run.stdout:  # type: ignore[union-attr]
                 if line.startswith("I: ") and any(w in line for w in ("Retriev", "Extract", "Install", "Unpack", "Configur")):
-                    print(f"  {line[3:].strip()[:100]}", flush=True)
+                    print(f"  {line[3:].strip()[:100]}", file=sys.stderr, flush=True)
             if run.wait() != 0:
                 raise SystemExit("berth: debootstrap failed; see its output above")
             tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
@@ -141,7 +141,7 @@ class Setup:
             line = chunk.get("stream", "").strip()
             if line.startswith("Step "):
                 steps += 1
-                print(f"  {line[:110]}", flush=True)
+                print(f"  {line[:110]}", file=sys.stderr, flush=True)
         _say(f"built {tag}")
 
     def run(self) -> str:
@@ -253,17 +253,16 @@ class Mirror:
             return False
 
 
-def main() -> None:  # python -m berth.images: the image part of ./run
+def main() -> None:
+    """python -m berth.images: the image part of ./run. Progress goes to stderr; the base
+    image lessons should use is printed on stdout."""
     config = Config.from_env()
     try:
         client = docker.from_env(timeout=600)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
         raise SystemExit(f"berth: the Docker engine does not answer: {error}") from None
-    base = Setup(client, config).run()
-    sys.stdout.flush()
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    (Path(config.data_dir) / "base-image").write_text(base + "\n")
+    print(Setup(client, config).run(), flush=True)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class LessonSpec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _references(self) -> "LessonSpec":
+    def _references(self) -> LessonSpec:
         machines = [m.name for m in self.machines]
         if len(set(machines)) != len(machines):
             raise ValueError("two machines have the same name")

@@ -160,6 +160,14 @@ class MachineBackend(ABC):
     def engine(self, machine: Machine) -> docker.DockerClient:
         """A Docker SDK client to the machine's own engine (Berth's alone)."""
 
+    @abstractmethod
+    def ping(self) -> None:
+        """Return if the engine behind the backend answers; EngineUnavailable if not."""
+
+    @abstractmethod
+    def missing_images(self, images: list[str]) -> list[str]:
+        """Which of these images the backend cannot start machines or lessons from."""
+
 
 def _gone(error: Exception) -> bool:
     return isinstance(error, docker.errors.NotFound)
@@ -211,6 +219,15 @@ class DockerMachines(MachineBackend):
                 "The Docker engine does not answer. Start it (./run serve does this on Debian) "
                 "or point DOCKER_HOST at one.", str(error)
             ) from None
+
+    def missing_images(self, images: list[str]) -> list[str]:
+        missing = []
+        for image in images:
+            try:
+                self.host.api.inspect_image(image)
+            except docker.errors.ImageNotFound:
+                missing.append(image)
+        return missing
 
     def _labels(self, session_id: str, role: str, machine: str | None = None) -> dict[str, str]:
         labels = {LABEL_INSTANCE: self.instance_id, LABEL_SESSION: session_id, LABEL_ROLE: role}

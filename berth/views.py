@@ -29,7 +29,7 @@ def berth():
 def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class ApiError(Exception):
@@ -184,17 +184,15 @@ def healthz():
         problems.append(error.message)
         report["engine"] = "down"
     if report["engine"] == "ok":
-        try:
-            backend.host.images.get(state.config.machine_image)
-            report["machine_image"] = state.config.machine_image
-        except Exception:
-            problems.append(f"The machine image {state.config.machine_image} is missing: ./run serve builds it.")
-        try:
-            backend.host.images.get(state.config.base_image)
-            report["base_image"] = state.config.base_image
-        except Exception:
-            problems.append(f"The base image {state.config.base_image} is missing: ./run serve pulls or "
-                            "builds one, or set BERTH_BASE_IMAGE.")
+        config = state.config
+        missing = backend.missing_images([config.machine_image, config.base_image])
+        if config.machine_image in missing:
+            problems.append(f"The machine image {config.machine_image} is missing: ./run serve builds it.")
+        if config.base_image in missing:
+            problems.append(f"The base image {config.base_image} is missing: ./run serve pulls or builds "
+                            "one, or set BERTH_BASE_IMAGE.")
+        report["machine_image"] = config.machine_image
+        report["base_image"] = config.base_image
     report["machines_run_with"] = getattr(backend, "profile_name", "") or None
     if state.mirror is not None:
         report["mirror"] = state.mirror.status

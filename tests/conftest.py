@@ -1,0 +1,179 @@
+"""Fixtures over mocks: a real Docker engine, real Berth servers on free ports, real
+sessions. Everything a test run creates is labelled with its Berth instance and removed
+at the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from berth.config import PROJECT_DIR, Config
+
+READY_TIMEOUT = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class BerthServer:
+    """A Berth server process (`python app.py`) with its own data folder and port."""
+
+    data_dir: Path
+    env_overrides: dict = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env.update(BERTH_DATA_DIR=str(self.data_dir), BERTH_PORT=str(self.port), BERTH_HOST="127.0.0.1",
+                   PYTHONUNBUFFERED="1")
+        env.update(self.env_overrides)
+        return env
+
+    def start(self, wait: bool = True) -> BerthServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / "server.log"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "app.py")], env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = READY_TIMEOUT) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                raise RuntimeError(f"Berth exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                response = requests.get(self.url + "/healthz", timeout=5)
+                last = response.json()
+                if response.status_code == 200:
+                    return last
+            except requests.RequestException as error:
+                last = str(error)
+            time.sleep(0.2)
+        raise RuntimeError(f"Berth did not get healthy: {last}\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def instance_id(self) -> str:
+        db = sqlite3.connect(self.data_dir / "berth.sqlite3")
+        try:
+            return db.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()[0]
+        finally:
+            db.close()
+
+    # --- the API
+
+    def create_session(self, lesson: str = "docker-images", wait: bool = True) -> dict:
+        response = requests.post(self.url + "/api/sessions", json={"lesson": lesson, "wait": wait}, timeout=120)
+        assert response.status_code == 201, response.text
+        data = response.json()
+        if wait:
+            assert all(m["status"] == "ready" for m in data["machines"]), data
+        return data
+
+    def get(self, path: str, token: str | None = None, **kwargs) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.get(self.url + path, headers=headers, timeout=60, **kwargs)
+
+    def delete_session(self, session: dict) -> requests.Response:
+        return requests.delete(f"{self.url}/api/sessions/{session['id']}",
+                               headers={"Authorization": f"Bearer {session['token']}"}, timeout=120)
+
+
+def remove_instance(client: docker.DockerClient, instance_id: str) -> None:
+    """Remove everything a Berth instance left on the engine (test clean-up)."""
+    label = {"label": f"berth.instance={instance_id}"}
+    for container in client.containers.list(all=True, filters=label):
+        container.remove(force=True, v=True)
+    for network in client.networks.list(filters=label):
+        network.reload()
+        for attached in network.attrs.get("Containers") or {}:
+            try:
+                network.disconnect(attached, force=True)
+            except docker.errors.APIError:
+                pass
+        network.remove()
+    for volume in client.volumes.list(filters=label):
+        volume.remove(force=True)
+
+
+def labelled(client: docker.DockerClient, instance_id: str, role: str | None = None) -> list[str]:
+    """Names of everything on the engine labelled for this instance (and role)."""
+    labels = [f"berth.instance={instance_id}"] + ([f"berth.role={role}"] if role else [])
+    filters = {"label": labels}
+    return ([c.name for c in client.containers.list(all=True, filters=filters)]
+            + [n.name for n in client.networks.list(filters=filters)]
+            + [v.name for v in client.volumes.list(filters=filters)])
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    """The host's Docker engine. Its absence is a failure, not a skip: run ./run test."""
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure here means the same thing
+        pytest.fail(f"no Docker engine answers ({error}); ./run test starts one", pytrace=False)
+    return client
+
+
+@pytest.fixture(scope="session")
+def server(engine, tmp_path_factory) -> BerthServer:
+    """One Berth server for the whole test run."""
+    berth = BerthServer(tmp_path_factory.mktemp("berth-server")).start()
+    yield berth
+    berth.stop()
+    remove_instance(engine, berth.instance_id)
+
+
+@pytest.fixture
+def lesson_session(server) -> dict:
+    """A fresh session of the docker-images lesson, its machines ready; ended afterwards."""
+    session = server.create_session("docker-images")
+    yield session
+    server.delete_session(session)
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    """Settings from the environment, with a data folder of the test's own."""
+    return Config.from_env({**os.environ, "BERTH_DATA_DIR": str(tmp_path / "data")})
