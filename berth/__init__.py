@@ -6,6 +6,8 @@ import logging
 import secrets
 import threading
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import Flask
@@ -49,6 +51,20 @@ class Berth:
         self.problem = ""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._subscribers: dict[str, list[Callable[..., None]]] = defaultdict(list)
+
+    # A small in-process event bus between the parts, e.g. the terminal bridge tells the
+    # checker `notify("command", session_id, machine)` when a command has finished.
+
+    def subscribe(self, event: str, callback: Callable[..., None]) -> None:
+        self._subscribers[event].append(callback)
+
+    def notify(self, event: str, *args) -> None:
+        for callback in self._subscribers.get(event, ()):
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("%s subscriber %r failed", event, callback)
 
     def start(self) -> None:
         """Prepare the engine side in the background: the page answers meanwhile."""
@@ -117,7 +133,8 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["berth"] = berth
 
-    from . import views
+    from . import assets, views
+    assets.init_app(app)
     views.init_app(app)
     socketio.init_app(app, cors_allowed_origins=berth.origins, async_mode="threading",
                       max_http_buffer_size=1024 * 1024)

@@ -7,7 +7,19 @@ import datetime
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, abort, current_app, g, jsonify, make_response, render_template, request
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from werkzeug.exceptions import HTTPException
 
 from .machines import EngineUnavailable, MachineError
@@ -245,6 +257,25 @@ def lesson_page(slug: str):
     if fresh:
         response.set_cookie(cookie_name(slug), f"{record.id}:{token}", httponly=True, samesite="Strict",
                             secure=request.is_secure, path="/", max_age=state.config.session_ttl)
+    return response
+
+
+@pages.post("/lessons/<slug>/end")
+def end_session(slug: str):
+    """The page's "End session" button: remove the machines, forget the cookie."""
+    state = berth()
+    if not state.origins(request.headers.get("Origin"), request.environ):
+        abort(403, "Requests from other web sites may not end this browser's session.")
+    cookie = request.cookies.get(cookie_name(slug), "")
+    if ":" in cookie:
+        session_id, token = cookie.split(":", 1)
+        try:
+            state.sessions.authenticate(session_id, token)
+            state.sessions.end(session_id)
+        except SessionError:
+            pass  # already ended or not ours: nothing to do
+    response = redirect(url_for("pages.index"))
+    response.delete_cookie(cookie_name(slug), path="/")
     return response
 
 

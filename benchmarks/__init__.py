@@ -1,0 +1,1 @@
+"""Benchmarks behind docs/performance.md (not timed tests): `./run bench NAME`."""
