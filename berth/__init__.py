@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import threading
@@ -28,8 +29,6 @@ log = logging.getLogger("berth")
 # eventlet is winding down. Each WebSocket holds a thread for its lifetime.
 socketio = SocketIO(async_mode="threading")
 
-REAP_EVERY = 30  # seconds
-
 
 class Berth:
     """The running parts of one Berth, wired together (the composition root)."""
@@ -46,6 +45,7 @@ class Berth:
                                known_kinds=_check_kinds())
         self.sessions = Sessions(config, self.store, self.backend, self.library)
         self.origins = OriginPolicy(config.allowed_origins)
+        self._machine_networks = ipaddress.ip_network(config.network_pool)
         self.mirror: Mirror | None = None
         self.state = "starting"  # starting | ready | failed
         self.problem = ""
@@ -65,6 +65,13 @@ class Berth:
                 callback(*args)
             except Exception:
                 log.exception("%s subscriber %r failed", event, callback)
+
+    def from_machine(self, address: str | None) -> bool:
+        """True when a request comes from a learner machine's network."""
+        try:
+            return ipaddress.ip_address(address or "") in self._machine_networks
+        except ValueError:
+            return False
 
     def start(self) -> None:
         """Prepare the engine side in the background: the page answers meanwhile."""
@@ -100,7 +107,7 @@ class Berth:
         self.state, self.problem = "ready", ""
 
     def _reap_forever(self) -> None:
-        while not self._stop.wait(REAP_EVERY):
+        while not self._stop.wait(self.config.reap_interval):
             try:
                 self.sessions.reap()
             except MachineError as error:

@@ -75,6 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BERTH_ALLOWED_ORIGINS", "", "Origins besides Berth's own that may open terminals and call the API with the cookie, comma-separated (never *).", parse_list),
     Setting("BERTH_SHELLS_PER_MACHINE", "4", "Most terminal shells open at once in one machine.", int),
     Setting("BERTH_SHELL_LINGER", "30m", "How long a shell lives on with no browser attached before it is ended.", parse_duration),
+    Setting("BERTH_REAP_INTERVAL", "30s", "How often expired and idle sessions are ended and leftovers removed.", parse_duration),
     Setting("BERTH_CHECK_INTERVAL", "10s", "How often tasks are checked when nothing else prompts a check.", parse_duration),
     Setting("BERTH_UPLOAD_LIMIT", "1g", "Largest file a learner may upload into or copy between machines.", parse_size),
     Setting("BERTH_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING or ERROR.", str),
@@ -104,6 +105,7 @@ class Config:
     allowed_origins: tuple[str, ...] = ()
     shells_per_machine: int = 4
     shell_linger: int = 1800
+    reap_interval: int = 30
     check_interval: int = 10
     upload_limit: int = 1024**3
     log_level: str = "INFO"

@@ -145,6 +145,8 @@ def create_session():
     wait = body.get("wait", False)
     if not isinstance(wait, bool):
         raise ApiError(400, "bad_request", 'The field "wait" must be true or false.')
+    if berth().library.get(slug) is None:
+        raise ApiError(404, "unknown_lesson", f"There is no lesson {slug!r}.")
     ensure_ready()
     record, token = berth().sessions.create(slug, wait=wait)
     response = jsonify(session_json(record, token))
@@ -311,6 +313,14 @@ def init_app(app: Flask) -> None:
         if request.path.startswith("/api/"):
             return error_response(500, "internal", "Something went wrong in Berth; it is logged.")
         return render_template("error.html", error=None), 500
+
+    @app.before_request
+    def _not_from_machines():
+        """Learner machines may not reach Berth itself, even where Berth listens on an
+        address their network can route to (BERTH_HOST=0.0.0.0 on a classroom server)."""
+        if berth().from_machine(request.remote_addr):
+            return error_response(403, "from_machine", "Learner machines cannot use Berth.")
+        return None
 
     @app.after_request
     def _headers(response):
