@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import secrets
 import threading
@@ -119,6 +120,22 @@ class Berth:
         self._stop.set()
 
 
+class RefuseMachines:
+    """WSGI middleware: 403 for any request from a learner machine's network."""
+
+    def __init__(self, wsgi_app, berth: Berth):
+        self.wsgi_app = wsgi_app
+        self.berth = berth
+
+    def __call__(self, environ, start_response):
+        if self.berth.from_machine(environ.get("REMOTE_ADDR")):
+            body = json.dumps({"error": "from_machine", "message": "Learner machines cannot use Berth."}).encode()
+            start_response("403 FORBIDDEN", [("Content-Type", "application/json"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
+        return self.wsgi_app(environ, start_response)
+
+
 def _check_kinds():
     try:
         from .checks import KINDS
@@ -145,6 +162,9 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
     views.init_app(app)
     socketio.init_app(app, cors_allowed_origins=berth.origins, async_mode="threading",
                       max_http_buffer_size=1024 * 1024)
+    # Outermost, so that it also covers Socket.IO: learner machines may not use Berth
+    # itself, even where it listens on an address their network routes to.
+    app.wsgi_app = RefuseMachines(app.wsgi_app, berth)  # type: ignore[method-assign]
     if start:
         berth.start()
     app.config["BERTH_STARTED_AT"] = time.time()

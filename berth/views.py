@@ -314,14 +314,6 @@ def init_app(app: Flask) -> None:
             return error_response(500, "internal", "Something went wrong in Berth; it is logged.")
         return render_template("error.html", error=None), 500
 
-    @app.before_request
-    def _not_from_machines():
-        """Learner machines may not reach Berth itself, even where Berth listens on an
-        address their network can route to (BERTH_HOST=0.0.0.0 on a classroom server)."""
-        if berth().from_machine(request.remote_addr):
-            return error_response(403, "from_machine", "Learner machines cannot use Berth.")
-        return None
-
     @app.after_request
     def _headers(response):
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
