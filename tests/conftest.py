@@ -177,3 +177,16 @@ def lesson_session(server) -> dict:
 def config(tmp_path) -> Config:
     """Settings from the environment, with a data folder of the test's own."""
     return Config.from_env({**os.environ, "BERTH_DATA_DIR": str(tmp_path / "data")})
+
+
+def machine_container(client: docker.DockerClient, session: dict, name: str):
+    """The container of a session's machine on the host engine."""
+    return client.containers.get(f"berth-{session['id']}-{name}")
+
+
+def in_machine(client: docker.DockerClient, session: dict, name: str, command: str,
+               timeout: int = 60) -> tuple[int, str]:
+    """Run a shell command in a machine as a learner would; (exit code, output)."""
+    container = machine_container(client, session, name)
+    result = container.exec_run(["timeout", str(timeout), "bash", "-lc", command])
+    return result.exit_code, result.output.decode("utf-8", "replace")

@@ -1,0 +1,196 @@
+"""Learner machines on a real engine: their own engines, nested containers, limits,
+isolation, adoption after a restart, and clean removal."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import requests
+
+from .conftest import BerthServer, in_machine, labelled, machine_container, remove_instance
+
+pytestmark = pytest.mark.engine
+
+# A web server the Debian base image can run without installing anything (perl-base is in
+# every Debian image): answers every request with "hello from nested".
+PERL_HTTPD = (
+    "perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalPort=>80,Listen=>5,ReuseAddr=>1) or die;"
+    "while($c=$s->accept){<$c>;print $c \"HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello from nested\\n\";close $c}'"
+)
+
+
+def test_each_machine_runs_its_own_engine(engine, lesson_session):
+    host_id = engine.info()["ID"]
+    ids = set()
+    for name in ("workstation", "colleague"):
+        code, out = in_machine(engine, lesson_session, name, "docker info --format '{{.ID}}'")
+        assert code == 0, out
+        ids.add(out.strip())
+    assert host_id not in ids
+    assert len(ids) == 2
+
+
+def test_machine_prompt_and_tools(engine, lesson_session):
+    code, out = in_machine(engine, lesson_session, "workstation",
+                           "hostname; for t in curl vim nano less python3 ps ip jq tree dtach; do command -v $t >/dev/null || echo missing $t; done; "
+                           "complete -p docker >/dev/null 2>&1 || . /usr/share/bash-completion/completions/docker && echo completion")
+    assert code == 0, out
+    assert "workstation" in out and "missing" not in out and "completion" in out
+
+
+def test_nested_run_publish_and_pull_through_mirror(engine, lesson_session):
+    base = _base_image()
+    code, out = in_machine(engine, lesson_session, "workstation",
+                           f"docker pull {base} >/dev/null && docker run -d --name web -p 8080:80 {base} {PERL_HTTPD} >/dev/null && "
+                           "for i in $(seq 50); do curl -fsS localhost:8080 && exit 0; sleep 0.2; done; exit 1", timeout=120)
+    assert code == 0, out
+    assert "hello from nested" in out
+    # the colleague reaches it by the workstation's name, on the session's network
+    code, out = in_machine(engine, lesson_session, "colleague", "curl -fsS --max-time 5 http://workstation:8080/")
+    assert code == 0 and "hello from nested" in out, out
+
+
+def test_images_come_from_the_mirror_read_only(engine, lesson_session):
+    base = _base_image()
+    code, out = in_machine(engine, lesson_session, "colleague",
+                           f"docker pull {base} >/dev/null && docker tag {base} berth-mirror:5000/pushed:1 && "
+                           "docker push berth-mirror:5000/pushed:1", timeout=120)
+    assert code != 0, "a learner must not be able to push into the shared mirror"
+
+
+def test_engine_disk_is_bounded(engine, lesson_session):
+    code, out = in_machine(engine, lesson_session, "workstation", "df -B1 --output=size /var/lib/docker | tail -1")
+    assert code == 0, out
+    size = int(out.strip())
+    assert 5 * 1024**3 < size <= 10 * 1024**3  # BERTH_MACHINE_DISK defaults to 10g
+
+
+def test_isolation_between_sessions_and_from_the_host(engine, server, lesson_session):
+    other = server.create_session()
+    try:
+        other_ip = machine_container(engine, other, "workstation").attrs["NetworkSettings"]["Networks"][
+            f"berth-{other['id']}"]["IPAddress"]
+        own = machine_container(engine, lesson_session, "workstation")
+        gateway = own.attrs["NetworkSettings"]["Networks"][f"berth-{lesson_session['id']}"]["Gateway"]
+        # another session's machine: neither its engine nor anything else answers
+        code, out = in_machine(engine, lesson_session, "workstation",
+                               f"curl -ksS --max-time 3 https://{other_ip}:2376/version; "
+                               f"ping -c 1 -W 2 {other_ip}")
+        assert code != 0 and "ApiVersion" not in out, out
+        # the host engine's API is not in the machine: its docker socket is the inner engine
+        code, out = in_machine(engine, lesson_session, "workstation", "docker info --format '{{.ID}}'")
+        assert out.strip() != engine.info()["ID"]
+        for port in (2375, 2376):
+            code, out = in_machine(engine, lesson_session, "workstation",
+                                   f"curl -sS --max-time 3 http://{gateway}:{port}/version")
+            assert code != 0 and "ApiVersion" not in out, out
+        # Berth itself is not reachable from the machine
+        code, out = in_machine(engine, lesson_session, "workstation",
+                               f"curl -sS --max-time 3 http://{gateway}:{server.port}/healthz")
+        assert code != 0 or '"status"' not in out, out
+        # a machine of the same session cannot drive its neighbour's engine without Berth's key
+        code, out = in_machine(engine, lesson_session, "colleague",
+                               "curl -ksS --max-time 3 https://workstation:2376/version")
+        assert code != 0 and "ApiVersion" not in out, out
+        code, out = in_machine(engine, lesson_session, "colleague", "ping -c 1 -W 2 workstation")
+        assert code == 0, out
+    finally:
+        server.delete_session(other)
+
+
+def test_berth_refuses_machines_even_when_listening_on_all_addresses(engine, tmp_path):
+    exposed = BerthServer(tmp_path / "exposed", {"BERTH_HOST": "0.0.0.0"}).start()
+    try:
+        session = exposed.create_session()
+        gateway = machine_container(engine, session, "workstation").attrs["NetworkSettings"]["Networks"][
+            f"berth-{session['id']}"]["Gateway"]
+        code, out = in_machine(engine, session, "workstation",
+                               f"curl -sS --max-time 3 http://{gateway}:{exposed.port}/api/lessons")
+        assert '"lessons"' not in out and "from_machine" in out, out
+    finally:
+        exposed.stop()
+        remove_instance(engine, exposed.instance_id)
+
+
+def test_limits_hold(engine, tmp_path):
+    small = BerthServer(tmp_path / "small", {"BERTH_MACHINE_MEMORY": "256m", "BERTH_MACHINE_PIDS": "300"}).start()
+    try:
+        session = small.create_session()
+        container = machine_container(engine, session, "workstation")
+        # a memory hog is stopped at the machine's limit
+        code, out = in_machine(engine, session, "workstation",
+                               "python3 -c 'b = bytearray(600 * 1024 * 1024); print(\"survived\")'")
+        assert code != 0 and "survived" not in out, out
+        # a fork bomb in a nested container stays inside the machine's process limit
+        base = _base_image()
+        code, out = in_machine(engine, session, "workstation",
+                               f"docker pull -q {base} >/dev/null && docker run -d --name bomb {base} "
+                               "bash -c 'b() { b | b & }; b; sleep 60'", timeout=120)
+        assert code == 0, out
+        time.sleep(5)
+        pids = container.stats(stream=False)["pids_stats"]["current"]
+        assert pids <= 300
+        started = time.monotonic()
+        engine.ping()
+        engine.containers.list()
+        assert time.monotonic() - started < 5, "the host engine stays responsive"
+        assert requests.get(small.url + "/healthz", timeout=10).status_code == 200
+        # ending the session removes even a machine full of processes
+        assert small.delete_session(session).status_code == 204
+        assert labelled(engine, small.instance_id, "machine") == []
+    finally:
+        small.stop()
+        remove_instance(engine, small.instance_id)
+
+
+def test_restart_adopts_running_sessions(engine, tmp_path):
+    first = BerthServer(tmp_path / "restart").start()
+    try:
+        session = first.create_session()
+        code, _ = in_machine(engine, session, "workstation", "echo kept > /root/note.txt")
+        assert code == 0
+        before = machine_container(engine, session, "workstation").id
+        first.stop()
+        second = BerthServer(first.data_dir, port=first.port).start()
+        response = second.get(f"/api/sessions/{session['id']}", session["token"])
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 60
+        while any(m["status"] != "ready" for m in response.json()["machines"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            response = second.get(f"/api/sessions/{session['id']}", session["token"])
+        assert [m["status"] for m in response.json()["machines"]] == ["ready", "ready"]
+        assert machine_container(engine, session, "workstation").id == before
+        assert in_machine(engine, session, "workstation", "cat /root/note.txt")[1].strip() == "kept"
+        second.stop()
+    finally:
+        first.stop()
+        remove_instance(engine, first.instance_id)
+
+
+def test_delete_and_reaper_leave_nothing_behind(engine, tmp_path):
+    berth = BerthServer(tmp_path / "reaper", {"BERTH_SESSION_TTL": "6s", "BERTH_REAP_INTERVAL": "1s"}).start()
+    try:
+        deleted = berth.create_session()
+        assert berth.delete_session(deleted).status_code == 204
+        assert not [n for n in labelled(engine, berth.instance_id) if deleted["id"] in n]
+        assert berth.get(f"/api/sessions/{deleted['id']}", deleted["token"]).status_code == 404
+
+        expiring = berth.create_session()
+        # leftovers of a session Berth does not know (say, after its data folder was lost)
+        engine.volumes.create("berth-orphan-test", labels={"berth.instance": berth.instance_id,
+                                                            "berth.session": "0rphan", "berth.role": "disk"})
+        deadline = time.monotonic() + 30
+        while labelled(engine, berth.instance_id, "machine") or labelled(engine, berth.instance_id, "disk"):
+            assert time.monotonic() < deadline, labelled(engine, berth.instance_id)
+            time.sleep(0.5)
+        assert labelled(engine, berth.instance_id, "network") == []
+        assert berth.get(f"/api/sessions/{expiring['id']}", expiring["token"]).status_code == 404
+    finally:
+        berth.stop()
+        remove_instance(engine, berth.instance_id)
+
+
+def _base_image() -> str:
+    return os.environ.get("BERTH_BASE_IMAGE", "ubuntu:latest")
