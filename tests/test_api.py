@@ -1,0 +1,183 @@
+"""The sessions API from outside, as classroom tooling would use it: the happy path and
+every kind of bad input and failure, each a JSON error with a fitting status."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+import pytest
+import requests
+
+from berth.certs import CertificateAuthority
+from berth.machines import DockerMachines, MachineError
+
+from .conftest import BerthServer, labelled, remove_instance
+
+pytestmark = pytest.mark.engine
+
+
+def test_lessons_and_health(server):
+    health = requests.get(server.url + "/healthz", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    lessons = requests.get(server.url + "/api/lessons", timeout=10).json()["lessons"]
+    lesson = next(lesson for lesson in lessons if lesson["slug"] == "docker-images")
+    assert [t["id"] for t in lesson["tasks"]] == ["run", "customize", "commit", "save", "load"]
+    assert all(t["title"] for t in lesson["tasks"])
+
+
+def test_session_lifecycle(server):
+    response = requests.post(server.url + "/api/sessions", json={"lesson": "docker-images"}, timeout=30)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert set(created) >= {"id", "token", "lesson", "machines", "expires_at"}
+    assert [m["name"] for m in created["machines"]] == ["workstation", "colleague"]
+    assert all(m["status"] in ("starting", "ready") for m in created["machines"])
+    assert response.headers["Location"] == f"/api/sessions/{created['id']}"
+    deadline = time.monotonic() + 60
+    while True:
+        got = server.get(f"/api/sessions/{created['id']}", created["token"]).json()
+        if all(m["status"] == "ready" for m in got["machines"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [m["status"] for m in got["machines"]] == ["ready", "ready"]
+    assert "token" not in got
+    assert [t["id"] for t in got["tasks"]] == ["run", "customize", "commit", "save", "load"]
+    assert all(set(t) >= {"id", "title", "status", "completed_at", "feedback"} for t in got["tasks"])
+    checked = requests.post(f"{server.url}/api/sessions/{created['id']}/check",
+                            headers={"Authorization": f"Bearer {created['token']}"}, timeout=60)
+    assert checked.status_code == 200 and checked.json()["id"] == created["id"]
+    assert server.delete_session(created).status_code == 204
+    assert server.get(f"/api/sessions/{created['id']}", created["token"]).status_code == 404
+    assert server.delete_session(created).status_code == 404
+
+
+@pytest.mark.parametrize("body, content_type", [
+    ("{not json", "application/json"),
+    ("[1, 2]", "application/json"),
+    ('{"lesson": 7}', "application/json"),
+    ("{}", "application/json"),
+    ('{"lesson": "docker-images", "wait": "yes"}', "application/json"),
+    ("lesson=docker-images", "application/x-www-form-urlencoded"),
+])
+def test_malformed_requests_are_400(server, body, content_type):
+    response = requests.post(server.url + "/api/sessions", data=body, headers={"Content-Type": content_type}, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request" and response.json()["message"]
+
+
+def test_unknown_lesson_is_404(server):
+    response = requests.post(server.url + "/api/sessions", json={"lesson": "no-such-lesson"}, timeout=10)
+    assert response.status_code == 404 and response.json()["error"] == "unknown_lesson"
+
+
+def test_tokens(server, lesson_session):
+    path = f"/api/sessions/{lesson_session['id']}"
+    missing = server.get(path)
+    assert missing.status_code == 401 and missing.json()["error"] == "token_required"
+    wrong = server.get(path, "not-the-token")
+    assert wrong.status_code == 403 and wrong.json()["error"] == "wrong_token"
+    malformed = requests.get(server.url + path, headers={"Authorization": "Basic abc"}, timeout=10)
+    assert malformed.status_code == 401
+    unknown = server.get("/api/sessions/000000000000", lesson_session["token"])
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_session"
+    other = server.create_session(wait=False)
+    try:
+        # one session's token never opens another session
+        crossed = server.get(path, other["token"])
+        assert crossed.status_code == 403
+        deleted = requests.delete(server.url + path, headers={"Authorization": f"Bearer {other['token']}"}, timeout=10)
+        assert deleted.status_code == 403
+    finally:
+        server.delete_session(other)
+
+
+def test_unknown_routes_are_json_404(server):
+    response = requests.get(server.url + "/api/nothing-here", timeout=10)
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_cookie_from_a_foreign_origin_cannot_end_a_session(server):
+    browser = requests.Session()
+    page = browser.get(server.url + "/lessons/docker-images", timeout=60)
+    assert page.status_code == 200
+    cookie = browser.cookies.get("berth_docker_images")
+    session_id = cookie.split(":")[0]
+    refused = browser.delete(f"{server.url}/api/sessions/{session_id}",
+                             headers={"Origin": "https://evil.example"}, timeout=10)
+    assert refused.status_code == 403 and refused.json()["error"] == "foreign_origin"
+    # the page itself may
+    assert browser.get(f"{server.url}/api/sessions/{session_id}", timeout=10).status_code == 200
+    ended = browser.delete(f"{server.url}/api/sessions/{session_id}", headers={"Origin": server.url}, timeout=60)
+    assert ended.status_code == 204
+
+
+def test_engine_down_is_503_with_what_to_do(tmp_path):
+    berth = BerthServer(tmp_path / "down", {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}).start(wait=False)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = requests.get(berth.url + "/healthz", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert health.status_code == 503
+        assert "engine does not answer" in health.json()["reason"]
+        created = requests.post(berth.url + "/api/sessions", json={"lesson": "docker-images"}, timeout=10)
+        assert created.status_code == 503 and "engine" in created.json()["message"].lower()
+        assert created.headers.get("Retry-After")
+        assert requests.get(berth.url + "/api/lessons", timeout=10).status_code == 200  # lessons need no engine
+    finally:
+        berth.stop()
+
+
+def test_capacity_is_503_with_a_clear_message(engine, tmp_path):
+    berth = BerthServer(tmp_path / "full", {"BERTH_MAX_SESSIONS": "1"}).start()
+    try:
+        first = berth.create_session(wait=False)
+        refused = requests.post(berth.url + "/api/sessions", json={"lesson": "docker-images"}, timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"] == "capacity"
+        assert "BERTH_MAX_SESSIONS" in refused.json()["message"]
+        assert berth.delete_session(first).status_code == 204
+        berth.delete_session(berth.create_session(wait=False))
+    finally:
+        berth.stop()
+        remove_instance(engine, berth.instance_id)
+
+
+def test_an_unusable_machine_image_is_a_clear_503(engine, tmp_path):
+    # The base image is no machine image: its containers exit at once, so Berth finds no
+    # way to run machines and says so, instead of creating sessions that cannot work.
+    berth = BerthServer(tmp_path / "unusable", {"BERTH_MACHINE_IMAGE": os.environ.get("BERTH_BASE_IMAGE", "debian:bookworm")})
+    berth.start(wait=False)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = requests.get(berth.url + "/healthz", timeout=5)
+                if health.json().get("engine") == "ok" and "No way" in health.json().get("reason", ""):
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        response = requests.post(berth.url + "/api/sessions", json={"lesson": "docker-images"}, timeout=30)
+        assert response.status_code == 503 and "Docker engine in a container" in response.json()["message"]
+        assert [n for n in labelled(engine, berth.instance_id) if "mirror" not in n] == []
+    finally:
+        berth.stop()
+        remove_instance(engine, berth.instance_id)
+
+
+def test_a_creation_failing_midway_leaves_nothing(engine, config, tmp_path):
+    backend = DockerMachines(config, "t" + secrets.token_hex(4), CertificateAuthority(tmp_path / "certs"))
+    try:
+        with pytest.raises(MachineError):
+            # the first machine is made; the second's name is refused by the engine
+            backend.create_session("midway", ["workstation", "not a name"])
+        assert labelled(engine, backend.instance_id) == []
+    finally:
+        remove_instance(engine, backend.instance_id)
