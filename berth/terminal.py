@@ -1,0 +1,588 @@
+"""The terminal bridge: Socket.IO namespace `/terminal` <-> a shell in a learner machine.
+
+Each shell lives in its machine under dtach (`/run/berth/shells/NAME.sock`), so a page
+reload, a dropped network and a restart of Berth all reattach to the same bash. Berth
+keeps one attachment per shell (an exec TTY from the machines backend), keeps the recent
+output in a ring buffer addressed by absolute byte offsets, and fans it out to every
+browser tab showing that shell, each within a credit window that the browser opens by
+acknowledging what xterm.js has processed. The protocol is documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app, request
+from flask_socketio import ConnectionRefusedError, Namespace, SocketIO
+
+from .machines import Machine, MachineError, Tty
+from .sessions import SessionError
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/terminal"
+WINDOW = 256 * 1024  # bytes a viewer may have unacknowledged (HOST-FACTS: keeps Ctrl-C quick)
+CHUNK = 64 * 1024  # largest `output` message and largest read from the TTY
+RING = 256 * 1024  # recent output kept for replay on reattach
+INPUT_LIMIT = 4 * 1024 * 1024  # input queued for a shell that is not reading it
+EARLY_LIMIT = 256  # out-of-order input messages held per viewer
+OPEN_TIMEOUT = 20  # seconds for a shell to come up
+SHELL_DIR = "/run/berth/shells"
+SHELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+PROMPT_MARKER = b"\x1b]7771;prompt\x07"  # printed by the machine's bashrc after each command
+STATE_MARKER = re.compile(rb"\x1b\]7771;shell=([a-z]+)\x07")
+CLEAR_SCREEN = b"\x1b[H\x1b[J"  # dtach clears the screen on attach; the page keeps its own
+DTACH_EOF = b"\r\n[EOF - dtach terminating]\r\n"
+MAX_COLS, MAX_ROWS = 1000, 500
+
+# Run in the machine by the attachment. Creates the shell under dtach unless it is already
+# running (then it reattaches: same bash, same $$), bounded to MAX live shells; reports
+# which through an OSC marker that Berth reads and removes before anything is shown.
+ATTACH_SCRIPT = r"""
+sock=$1/$2.sock; dir=$1; max=$3
+mkdir -p "$dir"
+# Attachments left by an earlier Berth process hang on after their stream is gone.
+pkill -f -x "dtach -a $sock -E -z -r winch" 2>/dev/null
+if [ -S "$sock" ] && dtach -p "$sock" </dev/null >/dev/null 2>&1; then
+  state=existing
+else
+  rm -f "$sock"
+  if [ "$(pgrep -c -f -x "dtach -n $dir/[^ ]*\.sock bash -l")" -ge "$max" ]; then
+    printf '\033]7771;shell=full\007'; exit 3
+  fi
+  dtach -n "$sock" bash -l >/dev/null 2>&1 || { printf '\033]7771;shell=failed\007'; exit 4; }
+  state=new
+fi
+printf '\033]7771;shell=%s\007' "$state"
+exec dtach -a "$sock" -E -z -r winch
+"""
+
+
+class TerminalError(Exception):
+    """A terminal that cannot be opened: an HTTP-like status, a code, a learner-facing message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Viewer:
+    """One browser tab attached to a shell, and how far its output has got."""
+
+    sid: str
+    sent: int  # offset of the next byte to send
+    acked: int  # offset up to which the browser has processed output
+    next_seq: int = 0  # the input/resize sequence number expected next
+    early: dict[int, tuple] = field(default_factory=dict)  # messages that overtook others
+
+
+class Shell:
+    """A shell in a machine with Berth's one attachment to it: a pump from its TTY into a
+    ring buffer and out to the viewers, and a writer for their input."""
+
+    def __init__(self, terminals: Terminals, key: tuple[str, str, str], machine: Machine,
+                 tty: Tty, state: str, initial: bytes, cols: int, rows: int):
+        self.terminals = terminals
+        self.key = key
+        self.machine = machine
+        self.tty = tty
+        self.state = state  # "new": created by this attachment; "existing": it was running
+        self.epoch = secrets.token_hex(6)
+        self.size = (cols, rows)
+        self.cond = threading.Condition()
+        self.ring = bytearray()
+        self.ring_start = 0  # offset of ring[0]
+        self.end = 0  # offset after the last byte read
+        self.viewers: dict[str, Viewer] = {}
+        self.idle_since: float | None = time.monotonic()
+        self.closed = False
+        self.reason = "exit"
+        self._inputs: deque[tuple] = deque()
+        self._input_bytes = 0
+        self._tail = b""
+        if initial.startswith(CLEAR_SCREEN):
+            initial = initial[len(CLEAR_SCREEN):]
+        self._first = not initial  # the clear may still be on its way
+        self._append(initial)
+        self._reader = threading.Thread(target=self._pump, name=f"tty-read-{key[0]}-{key[1]}", daemon=True)
+        self._writer = threading.Thread(target=self._write, name=f"tty-write-{key[0]}-{key[1]}", daemon=True)
+
+    def start(self) -> None:
+        self._reader.start()
+        self._writer.start()
+
+    @property
+    def session_id(self) -> str:
+        return self.key[0]
+
+    # --- output: TTY -> ring -> viewers
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while not self.closed and not self._has_room():
+                        self.cond.wait(1.0)
+                    if self.closed:
+                        break
+                data = self.tty.read(CHUNK)
+                if not data:
+                    break
+                if self._first:
+                    self._first = False
+                    if data.startswith(CLEAR_SCREEN):
+                        data = data[len(CLEAR_SCREEN):]
+                if data.endswith(DTACH_EOF):
+                    data = data[:-len(DTACH_EOF)]
+                self._publish(data)
+        except Exception:  # the pump must end through _finish, whatever happened
+            log.exception("terminal %s: output pump failed", self.key)
+        finally:
+            self.terminals._finish(self)
+
+    def _has_room(self) -> bool:
+        """Read more only when some viewer can take it (or none is attached: then the ring
+        just keeps the latest). The fastest viewer sets the pace: a tab in the background
+        never slows the one in front; slower tabs skip what fell out of the ring."""
+        if not self.viewers:
+            return True
+        return any(v.acked + WINDOW > self.end for v in self.viewers.values())
+
+    def _publish(self, data: bytes) -> None:
+        seen = self._tail + data
+        self._tail = seen[-(len(PROMPT_MARKER) - 1):]
+        with self.cond:
+            self._append(data)
+            for viewer in self.viewers.values():
+                self._send(viewer)
+        if PROMPT_MARKER in seen:
+            self.terminals.notify("command", self.key[0], self.key[1])
+
+    def _append(self, data: bytes) -> None:
+        self.ring += data
+        self.end += len(data)
+        excess = len(self.ring) - RING
+        if excess > CHUNK:  # trim in steps, not on every read
+            del self.ring[:excess]
+            self.ring_start += excess
+
+    def _send(self, viewer: Viewer) -> None:
+        """Send a viewer what it has credit for. Called with the lock held, so every
+        viewer's output goes out in order (emit only queues)."""
+        if viewer.sent < self.ring_start and viewer.acked >= viewer.sent:
+            viewer.sent = viewer.acked = self.ring_start  # it fell behind the ring: skip ahead
+        start = max(viewer.sent, self.ring_start)
+        stop = min(self.end, viewer.acked + WINDOW)
+        while start < stop:
+            size = min(CHUNK, stop - start)
+            index = start - self.ring_start
+            self.terminals.emit("output", (bytes(self.ring[index:index + size]), start), viewer.sid)
+            start += size
+        viewer.sent = max(viewer.sent, start)
+
+    def replay_start(self, epoch: object, offset: object) -> int:
+        """Where a (re)attaching viewer starts: where it left off if it saw this shell
+        before and that is still in the ring, else the start of the recent output (from
+        a line start, so it does not begin mid escape sequence)."""
+        if epoch == self.epoch and isinstance(offset, int) and self.ring_start <= offset <= self.end:
+            return offset
+        if self.ring_start == 0:
+            return 0
+        newline = self.ring.find(b"\n", 0, 4096)
+        return self.ring_start + newline + 1 if newline >= 0 else self.ring_start
+
+    def add_viewer(self, sid: str, cols: int, rows: int, epoch: object, offset: object) -> dict:
+        with self.cond:
+            if self.closed:
+                raise TerminalError(503, "shell_ended", "The shell has just ended; connect again for a new one.")
+            start = self.replay_start(epoch, offset)
+            resumed = start == offset and epoch == self.epoch
+            viewer = Viewer(sid, sent=start, acked=start)
+            self.viewers[sid] = viewer
+            self.idle_since = None
+            attached = {"epoch": self.epoch, "offset": start, "shell": self.state, "resumed": resumed,
+                        "name": self.key[2]}
+            self.terminals.emit("attached", attached, sid)
+            self._send(viewer)
+            self.cond.notify_all()
+        self.enqueue(("resize", cols, rows))
+        return attached
+
+    def remove_viewer(self, sid: str) -> None:
+        with self.cond:
+            if self.viewers.pop(sid, None) is not None and not self.viewers:
+                self.idle_since = time.monotonic()
+            self.cond.notify_all()
+
+    def ack(self, sid: str, offset: int) -> None:
+        with self.cond:
+            viewer = self.viewers.get(sid)
+            if viewer is None or offset <= viewer.acked:
+                return
+            viewer.acked = min(offset, viewer.sent)
+            self._send(viewer)
+            self.cond.notify_all()
+
+    # --- input: viewers -> TTY, in the order each viewer sent it
+
+    def receive(self, sid: str, seq: int | None, item: tuple) -> None:
+        """Socket.IO runs each event in a thread of its own, so messages can overtake
+        each other; clients number them and they are put back in order here."""
+        with self.cond:
+            viewer = self.viewers.get(sid)
+            if viewer is None:
+                return
+            if seq is None or seq < viewer.next_seq:
+                ready = [item]
+            else:
+                viewer.early[seq] = item
+                ready = []
+                while viewer.next_seq in viewer.early:
+                    ready.append(viewer.early.pop(viewer.next_seq))
+                    viewer.next_seq += 1
+                if len(viewer.early) > EARLY_LIMIT:  # a gap that never fills: give up waiting
+                    viewer.next_seq = max(viewer.early) + 1
+                    ready += [viewer.early.pop(number) for number in sorted(viewer.early)]
+            for ready_item in ready:
+                if not self.enqueue(ready_item):
+                    self.terminals.emit("notice", {"message": "Input was dropped: the shell is not reading it."}, sid)
+
+    def enqueue(self, item: tuple) -> bool:
+        with self.cond:
+            if item[0] == "resize":
+                cols, rows = item[1:]
+                if self._inputs and self._inputs[-1][0] == "resize":
+                    self._inputs[-1] = item  # only the latest size matters
+                elif self.size != (cols, rows) or any(i[0] == "resize" for i in self._inputs):
+                    self._inputs.append(item)
+            else:
+                if self._input_bytes + len(item[1]) > INPUT_LIMIT:
+                    return False
+                self._input_bytes += len(item[1])
+                self._inputs.append(item)
+            self.cond.notify_all()
+        return True
+
+    def _write(self) -> None:
+        while True:
+            with self.cond:
+                while not self._inputs and not self.closed:
+                    self.cond.wait()
+                if self.closed:
+                    return
+                item = self._inputs.popleft()
+                if item[0] == "input":
+                    self._input_bytes -= len(item[1])
+                else:
+                    self.size = (item[1], item[2])
+            try:
+                if item[0] == "input":
+                    self.tty.write(item[1])
+                else:
+                    self.tty.resize(item[1], item[2])
+            except OSError as error:
+                log.info("terminal %s: the shell stopped taking input: %s", self.key, error)
+                self.close("exit")
+                return
+
+    def close(self, reason: str) -> None:
+        """Stop relaying; the pump then ends and tells the viewers why."""
+        with self.cond:
+            if self.closed:
+                return
+            self.closed = True
+            self.reason = reason
+            self.cond.notify_all()
+        self.tty.close()
+
+
+ENDED_MESSAGES = {
+    "exit": "The shell ended.",
+    "linger": "The shell was ended after no browser had been attached for a while.",
+    "session": "The session ended; its machines are gone.",
+}
+
+
+class Terminals:
+    """All shells of this Berth process, keyed by (session, machine, shell name)."""
+
+    def __init__(self, berth, socketio: SocketIO):
+        self.berth = berth
+        self.socketio = socketio
+        self.shells: dict[tuple[str, str, str], Shell] = {}
+        self._by_sid: dict[str, Shell] = {}
+        self._lock = threading.Lock()
+        self._opening: dict[tuple[str, str, str], threading.Lock] = {}
+        self._events: queue.Queue[tuple[str, str, str]] = queue.Queue()
+        self._pending: set[tuple[str, str, str]] = set()
+        self._stop = threading.Event()
+        threading.Thread(target=self._notify_forever, name="terminal-events", daemon=True).start()
+        threading.Thread(target=self._reap_forever, name="terminal-reaper", daemon=True).start()
+
+    # --- connections
+
+    def attach(self, sid: str, session_id: str, machine_name: str, name: str, cols: int, rows: int,
+               epoch: object = None, offset: object = None) -> dict:
+        sessions = self.berth.sessions
+        machine = sessions.machine(session_id, machine_name)  # SessionError if not there or not ready
+        key = (session_id, machine_name, name)
+        with self._lock:
+            opening = self._opening.setdefault(key, threading.Lock())
+        with opening:
+            with self._lock:
+                shell = self.shells.get(key)
+                if shell is not None and shell.closed:
+                    shell = None
+                others = sum(1 for k, s in self.shells.items() if k[:2] == key[:2] and not s.closed)
+            if shell is None:
+                limit = self.berth.config.shells_per_machine
+                if others >= limit:
+                    raise TerminalError(429, "too_many_shells",
+                                        f"The machine {machine_name} has {limit} shells open, the most "
+                                        "allowed (BERTH_SHELLS_PER_MACHINE); close one first.")
+                shell = self._open(key, machine, cols, rows)
+                with self._lock:
+                    self.shells[key] = shell
+                shell.start()
+        with self._lock:
+            self._by_sid[sid] = shell
+        return shell.add_viewer(sid, cols, rows, epoch, offset)
+
+    def _open(self, key: tuple[str, str, str], machine: Machine, cols: int, rows: int) -> Shell:
+        backend = self.berth.backend
+        limit = self.berth.config.shells_per_machine
+        argv = ["sh", "-c", ATTACH_SCRIPT, "berth-shell", SHELL_DIR, key[2], str(limit)]
+        try:
+            tty = backend.open_tty(machine, argv, cols, rows)
+        except MachineError as error:
+            log.warning("terminal %s: %s (%s)", key, error.message, error.detail)
+            raise TerminalError(503, "terminal_unavailable", error.message) from None
+        state, initial = _handshake(tty)
+        if state in ("new", "existing"):
+            log.info("terminal %s: %s shell attached", key, state)
+            return Shell(self, key, machine, tty, state, initial, cols, rows)
+        tty.close()
+        if state == "full":
+            raise TerminalError(429, "too_many_shells",
+                                f"The machine {key[1]} has the most shells open that it may have; close one first.")
+        log.warning("terminal %s: shell did not start (%s): %r", key, state, initial[-200:])
+        raise TerminalError(503, "terminal_unavailable", f"A shell in {key[1]} could not be started.")
+
+    def detach(self, sid: str) -> None:
+        with self._lock:
+            shell = self._by_sid.pop(sid, None)
+        if shell is not None:
+            shell.remove_viewer(sid)
+
+    def shell_of(self, sid: str) -> Shell | None:
+        with self._lock:
+            return self._by_sid.get(sid)
+
+    # --- ends
+
+    def _finish(self, shell: Shell) -> None:
+        """The shell's attachment is over (the shell exited, or Berth ended it)."""
+        if not shell.closed:
+            shell.close("exit")
+        with shell.cond:
+            viewers = list(shell.viewers)
+            shell.viewers.clear()
+        with self._lock:
+            if self.shells.get(shell.key) is shell:
+                del self.shells[shell.key]
+            for sid in viewers:
+                self._by_sid.pop(sid, None)
+        message = ENDED_MESSAGES.get(shell.reason, "The shell ended.")
+        log.info("terminal %s: ended (%s)", shell.key, shell.reason)
+        for sid in viewers:
+            self.emit("ended", {"reason": shell.reason, "message": message}, sid)
+            try:
+                self.socketio.server.disconnect(sid, namespace=NAMESPACE)
+            except Exception:  # the client may be gone already
+                log.debug("disconnecting %s failed", sid, exc_info=True)
+
+    def end_shell(self, shell: Shell, reason: str) -> None:
+        """End the shell itself in its machine (its bash and jobs get a hangup)."""
+        sock = f"{SHELL_DIR}/{shell.key[2]}.sock"
+        try:
+            self.berth.backend.exec(shell.machine, ["pkill", "-TERM", "-f", f"^dtach -[na] {re.escape(sock)}( |$)"],
+                                    timeout=10)
+        except MachineError as error:
+            log.info("terminal %s: could not end the shell: %s", shell.key, error.message)
+        shell.close(reason)
+
+    def end_session(self, session_id: str) -> None:
+        """The session ended: its machines are about to go, and their shells with them."""
+        with self._lock:
+            shells = [s for k, s in self.shells.items() if k[0] == session_id]
+        for shell in shells:
+            shell.close("session")
+
+    def _reap_forever(self) -> None:
+        linger = self.berth.config.shell_linger
+        while not self._stop.wait(max(0.5, min(30.0, linger / 4))):
+            now = time.monotonic()
+            with self._lock:
+                shells = list(self.shells.values())
+            for shell in shells:
+                idle = shell.idle_since
+                if idle is not None and now - idle >= linger and not shell.closed:
+                    log.info("terminal %s: no browser for %d s, ending the shell", shell.key, linger)
+                    try:
+                        self.end_shell(shell, "linger")
+                    except Exception:
+                        log.exception("terminal %s: ending failed", shell.key)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- out of the pump's way
+
+    def emit(self, event: str, args, sid: str) -> None:
+        try:
+            self.socketio.emit(event, args, to=sid, namespace=NAMESPACE)
+        except Exception:  # a send to a client that just left must not stop the pump
+            log.debug("emit %s to %s failed", event, sid, exc_info=True)
+
+    def notify(self, event: str, session_id: str, machine: str) -> None:
+        """Tell the other parts (the checker) without holding up the terminal; repeats of
+        an event still waiting are merged."""
+        item = (event, session_id, machine)
+        with self._lock:
+            if item in self._pending:
+                return
+            self._pending.add(item)
+        self._events.put(item)
+
+    def _notify_forever(self) -> None:
+        while True:
+            item = self._events.get()
+            with self._lock:
+                self._pending.discard(item)
+            self.berth.notify(*item)
+
+
+def _handshake(tty: Tty) -> tuple[str, bytes]:
+    """Read the attach script's state marker; return it and any output after it."""
+    data = b""
+    deadline = time.monotonic() + OPEN_TIMEOUT
+    tty.sock.settimeout(1.0)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = tty.sock.recv(CHUNK)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            match = STATE_MARKER.search(data)
+            if match:
+                return match.group(1).decode(), data[match.end():]
+            if len(data) > CHUNK:
+                break
+    finally:
+        tty.sock.settimeout(None)  # an idle terminal must never time out
+    return "failed", data
+
+
+# --- the Socket.IO side
+
+
+def _terminals() -> Terminals:
+    return current_app.extensions["berth_terminals"]
+
+
+def _size(value: object, default: int, largest: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= largest else default
+
+
+class TerminalNamespace(Namespace):
+    """`/terminal`: auth {session, token, machine[, shell, cols, rows, epoch, offset]};
+    in: input, resize, ack; out: attached, output, notice, ended."""
+
+    def on_connect(self, auth=None):
+        berth = current_app.extensions["berth"]
+        if not berth.origins(request.headers.get("Origin"), request.environ):
+            _refuse(403, "foreign_origin", "Terminals may only be opened from Berth's own pages.")
+        if not isinstance(auth, dict):
+            _refuse(401, "token_required", "Send {session, token, machine} as the connection's auth.")
+        session_id, token, machine = auth.get("session"), auth.get("token"), auth.get("machine")
+        name = auth.get("shell", "main")
+        if not all(isinstance(v, str) and 0 < len(v) <= 200 for v in (session_id, token, machine)):
+            _refuse(401 if not token else 400, "token_required" if not token else "bad_request",
+                    "The auth needs the strings session, token and machine.")
+        if not isinstance(name, str) or not SHELL_NAME.fullmatch(name):
+            _refuse(400, "bad_request", "A shell name is 1-32 of a-z, 0-9, - and _.")
+        try:
+            berth.sessions.authenticate(session_id, token)
+            if berth.state != "ready":
+                _refuse(503, "not_ready", "Berth is still starting; the terminal will connect in a moment.")
+            _terminals().attach(request.sid, session_id, machine, name,
+                                _size(auth.get("cols"), 80, MAX_COLS), _size(auth.get("rows"), 24, MAX_ROWS),
+                                auth.get("epoch"), auth.get("offset"))
+        except (SessionError, TerminalError) as error:
+            _refuse(error.status, error.code, error.message)
+        except MachineError as error:
+            log.warning("terminal: %s (%s)", error.message, error.detail)
+            _refuse(503, "engine_unavailable", error.message)
+
+    def on_disconnect(self, reason=None):
+        _terminals().detach(request.sid)
+
+    def on_input(self, data=None, seq=None, *_):
+        if isinstance(data, str):
+            data = data.encode("utf-8", "replace")
+        if not isinstance(data, bytes) or not data:
+            return
+        shell = _terminals().shell_of(request.sid)
+        if shell is None:
+            return  # input before (or without) a successful connect is dropped
+        shell.receive(request.sid, _seq(seq), ("input", data))
+        if b"\r" in data or b"\n" in data:
+            shell.terminals.notify("enter", shell.key[0], shell.key[1])
+
+    def on_resize(self, size=None, seq=None, *_):
+        if not isinstance(size, dict):
+            return
+        cols, rows = _size(size.get("cols"), 0, MAX_COLS), _size(size.get("rows"), 0, MAX_ROWS)
+        shell = _terminals().shell_of(request.sid)
+        if shell is None or not cols or not rows:
+            return
+        shell.receive(request.sid, _seq(seq), ("resize", cols, rows))
+
+    def on_ack(self, offset=None, *_):
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            return
+        shell = _terminals().shell_of(request.sid)
+        if shell is not None:
+            shell.ack(request.sid, offset)
+
+
+def _seq(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _refuse(status: int, code: str, message: str):
+    raise ConnectionRefusedError(message, {"error": code, "status": status})
+
+
+def init_app(app: Flask) -> Terminals:
+    from . import socketio
+
+    berth = app.extensions["berth"]
+    terminals = Terminals(berth, socketio)
+    app.extensions["berth_terminals"] = terminals
+    berth.sessions.on_end.append(terminals.end_session)
+    socketio.on_namespace(TerminalNamespace(NAMESPACE))
+    return terminals
