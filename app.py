@@ -7,7 +7,7 @@ import socket
 from werkzeug.serving import WSGIRequestHandler
 
 from berth import create_app, socketio
-from berth.config import Config
+from berth.config import Config, ConfigError
 
 
 class NoDelayRequestHandler(WSGIRequestHandler):
@@ -23,7 +23,10 @@ class NoDelayRequestHandler(WSGIRequestHandler):
 
 
 def main() -> None:
-    config = Config.from_env()
+    try:
+        config = Config.from_env()
+    except ConfigError as error:
+        raise SystemExit(f"berth: {error}") from None
     app = create_app(config)
     print(f"Berth is serving on http://{config.host}:{config.port}/", flush=True)
     socketio.run(app, host=config.host, port=config.port, request_handler=NoDelayRequestHandler,
