@@ -164,6 +164,8 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
                       max_http_buffer_size=1024 * 1024)
     from . import terminal
     terminal.init_app(app)
+    from . import checker
+    checker.init_app(app)
     # Outermost, so that it also covers Socket.IO: learner machines may not use Berth
     # itself, even where it listens on an address their network routes to.
     app.wsgi_app = RefuseMachines(app.wsgi_app, berth)  # type: ignore[method-assign]

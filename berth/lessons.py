@@ -98,10 +98,20 @@ class LessonSpec(Strict):
                 if step.machine not in machines:
                     raise ValueError(f"task {task.id!r}: solution runs in unknown machine {step.machine!r}")
             for check in task.checks:
-                machine = check.params.get("machine")
-                if machine is not None and machine not in machines:
-                    raise ValueError(f"task {task.id!r}: check {check.kind!r} names unknown machine {machine!r}")
+                for machine in _machines_named(check.params):
+                    if machine not in machines:
+                        raise ValueError(f"task {task.id!r}: check {check.kind!r} names unknown machine {machine!r}")
         return self
+
+
+def _machines_named(value: Any) -> list[str]:
+    """Every `machine: NAME` in a check's parameters, nested ones included (image: {machine: ...})."""
+    if isinstance(value, dict):
+        named = [value["machine"]] if isinstance(value.get("machine"), str) else []
+        return named + [m for v in value.values() for m in _machines_named(v)]
+    if isinstance(value, list):
+        return [m for v in value for m in _machines_named(v)]
+    return []
 
 
 class LessonError(ValueError):
@@ -155,7 +165,7 @@ _ALLOWED_ATTRIBUTES = {
 }
 
 
-def _fence(tokens, index, options, env):
+def _fence(renderer, tokens, index, options, env):
     """Code blocks: ```sh or ```sh colleague (the machine a Run button types into)."""
     token = tokens[index]
     words = token.info.split()
@@ -292,6 +302,9 @@ class Library:
             except LessonError as error:
                 errors[folder.name] = str(error)
                 log.error("lesson %s left out: %s", folder.name, error)
+            except Exception as error:  # a lesson must never take the server down
+                errors[folder.name] = f"{folder / 'lesson.yaml'}: cannot be loaded: {type(error).__name__}: {error}"
+                log.exception("lesson %s left out", folder.name)
         self.lessons = dict(sorted(lessons.items(), key=lambda kv: (kv[1].order, kv[0])))
         self.errors = errors
 

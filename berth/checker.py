@@ -1,0 +1,365 @@
+"""The checker: evaluates each session's tasks against the learner's own machines when
+something may have changed (an engine event, a command returned, Enter pressed, a slow
+timer), keeps the results in the progress store (a task once done stays done) and pushes
+the task list to the lesson page on the Socket.IO namespace /session."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker.errors
+import requests.exceptions
+from flask import Flask, request
+from flask_socketio import ConnectionRefusedError, Namespace, emit, join_room
+
+from .checks import OWN_EXEC_MARK, CheckProblem, Context, run_checks
+from .lessons import Lesson
+from .machines import Machine, MachineError
+from .sessions import SessionError
+from .store import TaskResult
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/session"
+TICK = 0.2  # seconds between looks at timers
+SYNC_EVERY = 1.0  # seconds between looks at sessions and machine states in the store
+ENTER_DELAYS = (1.0, 3.0)  # after Enter, look again: a command in a container's shell sends no prompt mark
+# Engine events that change nothing a check looks at (reads); the checks cause these too.
+QUIET_ACTIONS = {"archive-path", "top", "resize", "export"}
+
+
+@dataclass
+class Watch:
+    """What the checker keeps about one session while it lasts."""
+
+    session_id: str
+    machines: dict[str, Machine] = field(default_factory=dict)
+    streams: dict[str, Any] = field(default_factory=dict)
+    own_execs: set[str] = field(default_factory=set)
+    cache: dict = field(default_factory=dict)
+    wanted: bool = False
+    running: bool = False
+    stopped: bool = False
+    last_round: float = 0.0
+    last_sent: list | None = None
+    state: threading.Lock = field(default_factory=threading.Lock)
+    round_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Checker:
+    """One per Berth. `request(session_id)` asks for a round soon (requests that come while
+    a round runs are folded into one more round); `check_now` runs one and waits."""
+
+    def __init__(self, berth, socketio):
+        self.berth = berth
+        self.socketio = socketio
+        self._watches: dict[str, Watch] = {}
+        self._lock = threading.Lock()
+        self._rounds = ThreadPoolExecutor(max_workers=8, thread_name_prefix="checker")
+        self._later: list[tuple[float, str]] = []
+        self._machine_states: dict[str, list] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the task list, as the API and the page see it
+
+    def task_list(self, session_id: str) -> list[dict[str, Any]]:
+        from .views import iso
+
+        record = self.berth.store.session(session_id)
+        lesson: Lesson | None = self.berth.library.get(record.lesson) if record else None
+        results = self.berth.store.task_results(session_id)
+        tasks = []
+        for task in lesson.tasks if lesson else ():
+            result = results.get(task.id)
+            tasks.append({
+                "id": task.id, "title": task.title,
+                "status": result.status if result else "pending",
+                "completed_at": iso(result.completed_at) if result else None,
+                "feedback": result.feedback if result else [],
+            })
+        return tasks
+
+    def machine_states(self, session_id: str) -> list[dict[str, str]]:
+        record = self.berth.store.session(session_id)
+        return [{"name": m.name, "status": m.status, "message": m.message} for m in (record.machines if record else [])]
+
+    # --- when to check
+
+    def request(self, session_id: str) -> None:
+        """Check the session's tasks soon, in the background."""
+        watch = self._watches.get(session_id) or self.watch(session_id)
+        if watch is None:
+            return
+        with watch.state:
+            watch.wanted = True
+            if watch.running or watch.stopped:
+                return
+            watch.running = True
+        self._rounds.submit(self._rounds_while_wanted, watch)
+
+    def request_later(self, session_id: str, delay: float) -> None:
+        with self._lock:
+            heapq.heappush(self._later, (time.monotonic() + delay, session_id))
+
+    def check_now(self, session_id: str) -> None:
+        """Run a round and return when it is done (the API's POST .../check)."""
+        watch = self._watches.get(session_id) or self.watch(session_id)
+        if watch is not None:
+            self._round(watch)
+
+    def _rounds_while_wanted(self, watch: Watch) -> None:
+        while True:
+            with watch.state:
+                if not watch.wanted or watch.stopped:
+                    watch.running = False
+                    return
+                watch.wanted = False
+            try:
+                self._round(watch)
+            except Exception:
+                log.exception("checking session %s failed", watch.session_id)
+
+    # --- sessions coming and going
+
+    def watch(self, session_id: str) -> Watch | None:
+        """Start watching a session whose machines are ready (sessions.on_ready calls this)."""
+        with self._lock:
+            existing = self._watches.get(session_id)
+            if existing is not None:
+                return existing
+            record = self.berth.store.session(session_id)
+            if record is None or record.ended_at is not None or not record.machines \
+                    or any(m.status != "ready" for m in record.machines):
+                return None
+            try:
+                found = {m.name: m for m in self.berth.backend.machines(session_id)}
+            except MachineError as error:
+                log.warning("cannot watch session %s: %s", session_id, error.message)
+                return None
+            watch = Watch(session_id, machines=found)
+            self._watches[session_id] = watch
+        for name in found:
+            threading.Thread(target=self._follow_events, args=(watch, name), daemon=True,
+                             name=f"events-{session_id}-{name}").start()
+        self.request(session_id)
+        return watch
+
+    def forget(self, session_id: str) -> None:
+        """Stop watching a session that ended (sessions.on_end calls this)."""
+        with self._lock:
+            watch = self._watches.pop(session_id, None)
+            self._machine_states.pop(session_id, None)
+        if watch is None:
+            return
+        with watch.state:
+            watch.stopped = True
+        for stream in list(watch.streams.values()):
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - closing a dead stream may fail in many ways
+                pass
+
+    # --- engine events
+
+    def caused_by_checks(self, watch: Watch, event: dict) -> bool:
+        """Whether an engine event tells nothing new: reads, and the checks' own execs."""
+        action = event.get("Action") or event.get("status") or ""
+        if action in QUIET_ACTIONS:
+            return True
+        if action.startswith(("exec_create", "exec_start")):
+            return OWN_EXEC_MARK in action
+        if action == "exec_die":
+            exec_id = ((event.get("Actor") or {}).get("Attributes") or {}).get("execID", "")
+            if exec_id in watch.own_execs:
+                watch.own_execs.discard(exec_id)
+                return True
+        return False
+
+    def _follow_events(self, watch: Watch, name: str) -> None:
+        """One events stream per machine engine, for the life of the session."""
+        failures = 0
+        while not watch.stopped and not self._stop.is_set():
+            try:
+                machine = watch.machines[name]
+                stream = self.berth.backend.engine(machine).events(decode=True)
+                watch.streams[name] = stream
+                if watch.stopped:
+                    stream.close()
+                    return
+                if failures:
+                    self.request(watch.session_id)  # events may have been missed meanwhile
+                failures = 0
+                for event in stream:
+                    if watch.stopped:
+                        break
+                    if not self.caused_by_checks(watch, event):
+                        self.request(watch.session_id)
+            except (MachineError, docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
+                log.debug("events of %s/%s: %s", watch.session_id, name, error)
+            failures += 1
+            if self._stop.wait(min(10, 0.5 * failures)):
+                return
+            self._refresh_machines(watch)
+
+    def _refresh_machines(self, watch: Watch) -> None:
+        try:
+            watch.machines.update({m.name: m for m in self.berth.backend.machines(watch.session_id)})
+        except MachineError:
+            pass
+
+    # --- a round
+
+    def context(self, watch: Watch) -> Context:
+        def machine(name: str) -> Machine:
+            found = watch.machines.get(name)
+            if found is None:
+                raise CheckProblem(f"This session has no machine {name}.")
+            return found
+
+        def engine(machine: Machine):
+            try:
+                return self.berth.backend.engine(machine)
+            except SessionError as error:
+                raise CheckProblem(error.message) from None
+
+        return Context(machine, engine, self.berth.backend.exec, watch.cache, watch.own_execs)
+
+    def _round(self, watch: Watch) -> None:
+        with watch.round_lock:
+            store = self.berth.store
+            record = store.session(watch.session_id)
+            if record is None or record.ended_at is not None:
+                self.forget(watch.session_id)
+                return
+            lesson = self.berth.library.get(record.lesson)
+            if lesson is None:
+                return
+            results = store.task_results(watch.session_id)
+            done = {task_id for task_id, result in results.items() if result.status == "done"}
+            ctx = self.context(watch)
+            try:
+                for task in lesson.tasks:
+                    if task.id in done:
+                        continue
+                    if not all(need in done for need in task.needs):
+                        new = TaskResult(task.id, "pending", None, [])
+                    else:
+                        findings = run_checks(ctx, [(c.kind, c.params) for c in task.checks])
+                        ok = all(f.ok for f in findings)
+                        new = TaskResult(task.id, "done" if ok else "pending", time.time() if ok else None,
+                                         [f.as_json() for f in findings])
+                    old = results.get(task.id)
+                    if old is None or (old.status, old.feedback) != (new.status, new.feedback):
+                        store.save_task_result(watch.session_id, new)
+                    if new.status == "done":
+                        done.add(task.id)
+                        self._push(watch)  # the tick shows while later tasks are checked
+            finally:
+                ctx.close()
+                watch.last_round = time.monotonic()
+            self._push(watch)
+
+    def _push(self, watch: Watch) -> None:
+        tasks = self.task_list(watch.session_id)
+        if tasks != watch.last_sent:
+            watch.last_sent = tasks
+            self.socketio.emit("tasks", tasks, namespace=NAMESPACE, to=watch.session_id)
+
+    # --- the timer
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._tick_forever, name="checker-timer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for session_id in list(self._watches):
+            self.forget(session_id)
+
+    def _tick_forever(self) -> None:
+        last_sync = 0.0
+        while not self._stop.wait(TICK):
+            try:
+                now = time.monotonic()
+                due = []
+                with self._lock:
+                    while self._later and self._later[0][0] <= now:
+                        due.append(heapq.heappop(self._later)[1])
+                for session_id in dict.fromkeys(due):
+                    self.request(session_id)
+                interval = self.berth.config.check_interval
+                for watch in list(self._watches.values()):
+                    if now - watch.last_round >= interval and not watch.running:
+                        self.request(watch.session_id)
+                if now - last_sync >= SYNC_EVERY:
+                    last_sync = now
+                    self._sync()
+            except Exception:
+                log.exception("checker timer")
+
+    def _sync(self) -> None:
+        """Follow the store: watch sessions that became ready (also after a restart), forget
+        ended ones, and tell pages when a machine's state changes."""
+        active = {record.id: record for record in self.berth.store.sessions()}
+        for session_id in list(self._watches):
+            if session_id not in active:
+                self.forget(session_id)
+        for session_id, record in active.items():
+            states = [{"name": m.name, "status": m.status, "message": m.message} for m in record.machines]
+            if self._machine_states.get(session_id) != states:
+                self._machine_states[session_id] = states
+                self.socketio.emit("machines", states, namespace=NAMESPACE, to=session_id)
+            if session_id not in self._watches and record.machines and all(m.status == "ready" for m in record.machines):
+                self.watch(session_id)
+
+
+class SessionNamespace(Namespace):
+    """/session: the lesson page joins its session's room (auth {session, token}) and is
+    sent `tasks` and `machines` at once and whenever they change."""
+
+    def __init__(self, checker: Checker):
+        super().__init__(NAMESPACE)
+        self.checker = checker
+
+    def on_connect(self, auth=None):
+        auth = auth if isinstance(auth, dict) else {}
+        session_id, token = auth.get("session"), auth.get("token")
+        if not isinstance(session_id, str) or not isinstance(token, str):
+            raise ConnectionRefusedError("Send auth {session, token}.")
+        try:
+            record = self.checker.berth.sessions.authenticate(session_id, token)
+        except SessionError as error:
+            raise ConnectionRefusedError(error.message) from None
+        join_room(record.id)
+        emit("machines", self.checker.machine_states(record.id))
+        emit("tasks", self.checker.task_list(record.id))
+        log.debug("session %s: page %s connected", record.id, request.sid)  # type: ignore[attr-defined]
+        self.checker.request(record.id)
+
+
+def init_app(app: Flask) -> Checker:
+    from . import socketio
+
+    berth = app.extensions["berth"]
+    checker = Checker(berth, socketio)
+    app.extensions["berth_checker"] = checker
+    socketio.on_namespace(SessionNamespace(checker))
+    berth.sessions.on_ready.append(checker.watch)
+    berth.sessions.on_end.append(checker.forget)
+    berth.subscribe("command", lambda session_id, machine=None: checker.request(session_id))
+
+    def entered(session_id: str, machine: str | None = None) -> None:
+        for delay in ENTER_DELAYS:
+            checker.request_later(session_id, delay)
+
+    berth.subscribe("enter", entered)
+    checker.start()
+    return checker

@@ -1,0 +1,786 @@
+"""The check library: named kinds with typed parameters, each looking at a learner's
+machines the way a teacher would (their own Docker engine through the SDK, files, HTTP on
+published ports) and saying one thing per assertion ("ubuntu001 is running", "VAR2 is not
+set"). Never terminal output, never scripts kept in the machine.
+
+A lesson names a kind and its parameters (`{kind: container, machine: workstation, ...}`);
+`run_checks` runs them, bounded in time, and turns any failure into a message."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+import requests.exceptions
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .machines import ExecResult, Machine, MachineError
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT = 10.0  # seconds a check may take before it is reported as too slow
+OWN_EXEC_MARK = "berth-check"  # last argument of the checks' own execs, to tell their events apart
+PROGRAM = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
+SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Texts of the pages web servers show before anyone changes them.
+DEFAULT_PAGES = {
+    "Welcome to nginx!": "nginx's default page",
+    "Apache2 Debian Default Page": "Apache's default page",
+    "Apache2 Ubuntu Default Page": "Apache's default page",
+    "<html><body><h1>It works!</h1></body></html>": "Apache's default page",
+    "Directory listing for": "a directory listing",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One assertion of a check and what Berth saw: ok, and a sentence for the learner."""
+
+    ok: bool
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "message": self.message}
+
+
+class CheckProblem(Exception):
+    """A check cannot look (a machine is gone, an engine does not answer): said as a message."""
+
+
+# --- what a check may reach
+
+class Context:
+    """What the checks of one session may reach: each machine, its own engine, commands run
+    in it, files in it and its published ports. Results fetched once per round are kept
+    (`memo`); `session_cache` lives as long as the session (archive listings)."""
+
+    def __init__(self, machine: Callable[[str], Machine], engine: Callable[[Machine], docker.DockerClient],
+                 execute: Callable[..., ExecResult], session_cache: dict | None = None,
+                 own_execs: set[str] | None = None):
+        self._machine = machine
+        self._engine = engine
+        self._execute = execute
+        self.session_cache = session_cache if session_cache is not None else {}
+        self.own_execs = own_execs if own_execs is not None else set()
+        self._memo: dict[Any, Any] = {}
+        self._locks: dict[Any, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.http = requests.Session()
+        self.http.trust_env = False  # never through a proxy: the machine is on Berth's own network
+
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        """make() once per key and round, even when checks ask at the same time."""
+        with self._lock:
+            if key in self._memo:
+                return self._memo[key]
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                if key in self._memo:
+                    return self._memo[key]
+            value = make()
+            with self._lock:
+                self._memo[key] = value
+            return value
+
+    def machine(self, name: str) -> Machine:
+        return self.memo(("machine", name), lambda: self._machine(name))
+
+    def engine(self, name: str) -> docker.DockerClient:
+        return self._engine(self.machine(name))
+
+    def run_in_machine(self, name: str, argv: list[str], timeout: float = 8) -> ExecResult:
+        return self._execute(self.machine(name), argv, timeout=timeout)
+
+    def containers(self, machine: str) -> list[dict]:
+        """Every container of the machine's engine, inspected."""
+        def make() -> list[dict]:
+            api = self.engine(machine).api
+            found = []
+            for summary in api.containers(all=True):
+                try:
+                    found.append(api.inspect_container(summary["Id"]))
+                except docker.errors.NotFound:
+                    pass  # removed meanwhile
+            return found
+        return self.memo(("containers", machine), make)
+
+    def container(self, machine: str, name: str) -> dict | None:
+        wanted = name.lstrip("/")
+        for attrs in self.containers(machine):
+            if attrs["Name"].lstrip("/") == wanted or attrs["Id"].startswith(wanted) and len(wanted) >= 12:
+                return attrs
+        return None
+
+    def images(self, machine: str) -> list[dict]:
+        """Every image of the machine's engine, inspected (the list lacks what commit records)."""
+        def make() -> list[dict]:
+            api = self.engine(machine).api
+            found = []
+            for summary in api.images():
+                try:
+                    found.append(api.inspect_image(summary["Id"]))
+                except docker.errors.ImageNotFound:
+                    pass
+            return found
+        return self.memo(("images", machine), make)
+
+    def run_in_container(self, machine: str, container_id: str, script: str, timeout: int = 8) -> tuple[int, str]:
+        """Run a shell script in a container of the machine. Its events carry OWN_EXEC_MARK
+        and its exec id is remembered, so the checker does not take them for the learner's."""
+        api = self.engine(machine).api
+        created = api.exec_create(container_id, ["timeout", str(timeout), "sh", "-c", script, OWN_EXEC_MARK])
+        self.own_execs.add(created["Id"])
+        output = api.exec_start(created["Id"])
+        code = api.exec_inspect(created["Id"]).get("ExitCode")
+        return (code if code is not None else -1), output.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+# --- parameters shared by kinds
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageRef(Params):
+    """An image as a lesson names it: by name, or as the one committed from a container.
+    `machine` is where to look (default: the check's own machine)."""
+
+    machine: str | None = None
+    name: str | None = None
+    committed_from: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ImageRef:
+        if (self.name is None) == (self.committed_from is None):
+            raise ValueError("give either name or committed_from")
+        return self
+
+
+class FileRef(Params):
+    machine: str
+    path: str
+
+
+@dataclass
+class Resolved:
+    """An image reference resolved in an engine: its ids, and how to speak of it."""
+
+    ids: set[str] = field(default_factory=set)
+    label: str = ""
+    problem: str | None = None
+
+
+def short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def image_label(attrs: dict) -> str:
+    tags = [t for t in attrs.get("RepoTags") or [] if t != "<none>:<none>"]
+    return tags[0] if tags else short(attrs["Id"])
+
+
+def committed_images(ctx: Context, machine: str, container: str) -> tuple[list[dict], bool]:
+    """Images committed from the container, newest first; and whether the container still
+    exists (when it is gone, any committed image is taken for it)."""
+    attrs = ctx.container(machine, container)
+    images = [i for i in ctx.images(machine) if i.get("Container")]
+    if attrs is not None:
+        images = [i for i in images if i["Container"] == attrs["Id"]]
+    return sorted(images, key=lambda i: i.get("Created", ""), reverse=True), attrs is not None
+
+
+def resolve(ctx: Context, ref: ImageRef | str, default_machine: str) -> Resolved:
+    if isinstance(ref, str):
+        ref = ImageRef(name=ref)
+    machine = ref.machine or default_machine
+    if ref.name is not None:
+        try:
+            attrs = ctx.engine(machine).api.inspect_image(ref.name)
+        except docker.errors.ImageNotFound:
+            return Resolved(label=ref.name, problem=f"There is no image {ref.name} on {machine}.")
+        return Resolved({attrs["Id"]}, ref.name)
+    images, _ = committed_images(ctx, machine, ref.committed_from or "")
+    if not images:
+        return Resolved(label=f"the image committed from {ref.committed_from}",
+                        problem=f"No image has been committed from {ref.committed_from} on {machine} yet.")
+    return Resolved({i["Id"] for i in images}, image_label(images[0]))
+
+
+# --- the kinds
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    params: type[Params]
+    run: Callable[[Context, Any], list[Finding]]
+    help: str
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def kind(name: str, params: type[Params]):
+    """Register a check kind: a function (context, params) -> findings."""
+    def register(function: Callable[[Context, Any], list[Finding]]):
+        KINDS[name] = Kind(name, params, function, (function.__doc__ or "").strip())
+        return function
+    return register
+
+
+def _port(value: int | str) -> tuple[int, int]:
+    """3000 -> (3000, 3000); "8080:80" -> (8080, 80): host port, container port."""
+    text = str(value).removesuffix("/tcp")
+    host, _, inner = text.partition(":")
+    return int(host), int(inner or host)
+
+
+class ContainerParams(Params):
+    machine: str
+    name: str | None = Field(default=None, description="the container's name; none: any container of `image`")
+    image: str | ImageRef | None = None
+    running: bool = True
+    env: dict[str, str] = {}
+    publish: list[int | str] = Field(default=[], description='host ports published to the same container port, or "HOST:CONTAINER"')
+
+    @field_validator("publish")
+    @classmethod
+    def _ports(cls, value: list[int | str]) -> list[int | str]:
+        for item in value:
+            try:
+                ports = _port(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a port or HOST:CONTAINER") from None
+            if not all(0 < p < 65536 for p in ports):
+                raise ValueError(f"{item!r}: ports are 1 to 65535")
+        return value
+
+    @model_validator(mode="after")
+    def _named(self) -> ContainerParams:
+        if self.name is None and self.image is None:
+            raise ValueError("give the container's name, or the image its container is created from")
+        return self
+
+
+def _state_finding(name: str, attrs: dict) -> Finding:
+    state = attrs["State"]
+    if state.get("Running") and not state.get("Paused"):
+        return Finding(True, f"{name} is running.")
+    if state.get("Paused"):
+        return Finding(False, f"{name} is paused: docker unpause {name}.")
+    status = state.get("Status", "")
+    if status == "created":
+        return Finding(False, f"{name} was created but never started: docker start {name}.")
+    config = attrs["Config"]
+    command = " ".join(config.get("Cmd") or config.get("Entrypoint") or [])
+    message = f"{name} has stopped (exit code {state.get('ExitCode')})."
+    if command.split(" ")[0] in ("bash", "sh", "/bin/bash", "/bin/sh") and not config.get("OpenStdin"):
+        message += (f" A shell without input ends at once: run it with -dit "
+                    f"(docker rm {name}, then docker run -dit ...).")
+    else:
+        message += f" docker start {name} starts it again; docker logs {name} shows why it stopped."
+    return Finding(False, message)
+
+
+def _env_findings(name: str, attrs: dict, env: dict[str, str]) -> list[Finding]:
+    actual = {}
+    for item in attrs["Config"].get("Env") or []:
+        key, _, value = item.partition("=")
+        actual[key] = value
+    findings = []
+    for key, value in env.items():
+        if key not in actual:
+            findings.append(Finding(False, f"{key} is not set in {name} (docker run -e {key}={value} ...)."))
+        elif actual[key] != value:
+            findings.append(Finding(False, f"{key} is {actual[key]!r} in {name}, not {value!r}."))
+        else:
+            findings.append(Finding(True, f"{key} is {value}."))
+    return findings
+
+
+def _published(attrs: dict) -> dict[int, list[tuple[str, int]]]:
+    """Container port -> [(host address, host port)], TCP only."""
+    running = attrs["State"].get("Running")
+    ports = (attrs["NetworkSettings"].get("Ports") if running else None) or attrs["HostConfig"].get("PortBindings") or {}
+    found: dict[int, list[tuple[str, int]]] = {}
+    for key, bindings in ports.items():
+        number, _, protocol = key.partition("/")
+        if protocol not in ("", "tcp"):
+            continue
+        for binding in bindings or []:
+            if binding.get("HostPort"):
+                found.setdefault(int(number), []).append((binding.get("HostIp") or "", int(binding["HostPort"])))
+    return found
+
+
+def _port_findings(name: str, attrs: dict, publish: list[int | str]) -> list[Finding]:
+    published = _published(attrs)
+    again = f"ports are published when a container is created: docker rm -f {name}, then docker run -p"
+    findings = []
+    for item in publish:
+        host, inner = _port(item)
+        spelled = f"{host}:{inner}"
+        bindings = published.get(inner, [])
+        everywhere = [b for b in bindings if b[1] == host and b[0] in ("", "0.0.0.0", "::")]
+        if everywhere:
+            what = f"port {host} is published" + ("" if host == inner else f" to the container's port {inner}")
+            findings.append(Finding(True, what[0].upper() + what[1:] + "."))
+        elif any(b[1] == host for b in bindings):
+            address = next(b[0] for b in bindings if b[1] == host)
+            findings.append(Finding(False, f"Port {host} is published only on {address}, so it cannot be "
+                                           f"reached from outside the machine; publish it on every address ({again} {spelled} ...)."))
+        elif bindings:
+            others = ", ".join(str(b[1]) for b in bindings)
+            findings.append(Finding(False, f"The container's port {inner} is published on port {others}, not {host} ({again} {spelled} ...)."))
+        else:
+            elsewhere = [p for p, bs in published.items() if any(b[1] == host for b in bs)]
+            if elsewhere:
+                findings.append(Finding(False, f"Port {host} leads to the container's port {elsewhere[0]}, not {inner} ({again} {spelled} ...)."))
+            else:
+                findings.append(Finding(False, f"Port {host} is not published ({again} {spelled} ...)."))
+    return findings
+
+
+@kind("container", ContainerParams)
+def container(ctx: Context, p: ContainerParams) -> list[Finding]:
+    """A container exists (by name, or any created from `image`), was created from `image`,
+    is running, has environment variables and publishes ports."""
+    expected = resolve(ctx, p.image, p.machine) if p.image is not None else None
+    if p.name is not None:
+        attrs = ctx.container(p.machine, p.name)
+        if attrs is None:
+            others = [c["Name"].lstrip("/") for c in ctx.containers(p.machine)]
+            message = f"There is no container named {p.name} on {p.machine} yet."
+            if others:
+                message += f" (There is: {', '.join(others[:5])}.)"
+            return [Finding(False, message)]
+        label = p.name
+    else:
+        assert expected is not None
+        if expected.problem:
+            return [Finding(False, expected.problem)]
+        candidates = [c for c in ctx.containers(p.machine) if c["Image"] in expected.ids]
+        if not candidates:
+            return [Finding(False, f"No container on {p.machine} was created from {expected.label} yet.")]
+
+        def score(attrs: dict) -> int:
+            checks = [_state_finding("", attrs).ok] + [f.ok for f in _port_findings("", attrs, p.publish)]
+            return sum(checks)
+        attrs = max(candidates, key=score)
+        label = attrs["Name"].lstrip("/")
+    findings = []
+    if p.name is None:
+        findings.append(Finding(True, f"{label} was created from {expected.label}."))  # type: ignore[union-attr]
+    elif expected is not None:
+        if expected.problem and not expected.ids:
+            findings.append(Finding(False, f"{label} was created from {attrs['Config'].get('Image')}; {expected.problem}"))
+        elif attrs["Image"] in expected.ids:
+            findings.append(Finding(True, f"{label} was created from {expected.label}."))
+        else:
+            findings.append(Finding(False, f"{label} was created from {attrs['Config'].get('Image')}, not "
+                                           f"{expected.label}: docker rm -f {label}, then run it again from {expected.label}."))
+    if p.running:
+        findings.append(_state_finding(label, attrs))
+    findings += _env_findings(label, attrs, p.env)
+    findings += _port_findings(label, attrs, p.publish)
+    return findings
+
+
+class ProgramsParams(Params):
+    machine: str
+    container: str
+    programs: list[str] = Field(min_length=1)
+
+    @field_validator("programs")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not PROGRAM.match(name):
+                raise ValueError(f"{name!r} is not a program name")
+        return value
+
+
+@kind("program_installed", ProgramsParams)
+def program_installed(ctx: Context, p: ProgramsParams) -> list[Finding]:
+    """Programs can be run in a (running) container: found on its PATH."""
+    attrs = ctx.container(p.machine, p.container)
+    if attrs is None:
+        return [Finding(False, f"There is no container named {p.container} on {p.machine}.")]
+    if not attrs["State"].get("Running"):
+        return [Finding(False, f"{p.container} is not running, so nothing can be installed in it: docker start {p.container}.")]
+    script = f"PATH={SEARCH_PATH}:$PATH; for p in {' '.join(p.programs)}; do " \
+             'if command -v "$p" >/dev/null 2>&1; then echo "$p yes"; else echo "$p no"; fi; done'
+    code, output = ctx.run_in_container(p.machine, attrs["Id"], script)
+    seen = dict(line.split(" ", 1) for line in output.splitlines() if " " in line)
+    if code != 0 and not seen:
+        return [Finding(False, f"Berth could not look inside {p.container} (it has no sh?): {output.strip()[:120]}")]
+    findings = []
+    for program in p.programs:
+        if seen.get(program) == "yes":
+            findings.append(Finding(True, f"{program} is installed in {p.container}."))
+        else:
+            findings.append(Finding(False, f"{program} is not installed in {p.container} yet."))
+    return findings
+
+
+class FileParams(Params):
+    machine: str
+    container: str | None = None
+    path: str = Field(pattern=r"^/")
+    contains: str | None = None
+
+
+READ_LIMIT = 1024 * 1024
+
+
+def read_machine_file(ctx: Context, machine: str, path: str) -> str | None:
+    """A file's text (up to READ_LIMIT) from a machine; None if it is not a file there."""
+    result = ctx.run_in_machine(machine, ["sh", "-c", 'test -f "$1" || exit 3; head -c "$2" -- "$1"',
+                                          "sh", path, str(READ_LIMIT)])
+    if result.exit_code == 3:
+        return None
+    if result.exit_code != 0:
+        raise CheckProblem(f"Berth could not read {path} on {machine}: {result.text.strip()[:120]}")
+    return result.text
+
+
+def read_container_file(ctx: Context, machine: str, container_id: str, path: str) -> str | None:
+    try:
+        stream, stat = ctx.engine(machine).api.get_archive(container_id, path)
+    except docker.errors.NotFound:
+        return None
+    if stat.get("mode", 0) & (1 << 31):  # a directory
+        return None
+    data = b"".join(stream)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        member = archive.next()
+        if member is None or not member.isfile():
+            return None
+        handle = archive.extractfile(member)
+        return handle.read(READ_LIMIT).decode("utf-8", "replace") if handle else None
+
+
+@kind("file", FileParams)
+def file(ctx: Context, p: FileParams) -> list[Finding]:
+    """A file exists in a machine (or in a container of it) and contains a text."""
+    if p.container:
+        attrs = ctx.container(p.machine, p.container)
+        if attrs is None:
+            return [Finding(False, f"There is no container named {p.container} on {p.machine}.")]
+        where = f"in {p.container} on {p.machine}"
+        text = read_container_file(ctx, p.machine, attrs["Id"], p.path)
+    else:
+        where = f"on {p.machine}"
+        text = read_machine_file(ctx, p.machine, p.path)
+    if text is None:
+        return [Finding(False, f"There is no file {p.path} {where} yet.")]
+    findings = [Finding(True, f"{p.path} exists {where}.")]
+    if p.contains is not None:
+        if p.contains in text:
+            findings.append(Finding(True, f"{p.path} contains {p.contains!r}."))
+        else:
+            findings.append(Finding(False, f"{p.path} {where} does not contain {p.contains!r}."))
+    return findings
+
+
+class HttpParams(Params):
+    machine: str
+    port: int = Field(gt=0, lt=65536)
+    path: str = Field(default="/", pattern=r"^/")
+    contains: str | None = None
+    not_default: bool = Field(default=False, description="fail on a web server's default page")
+    same_as: FileRef | None = Field(default=None, description="the page must be this file")
+    server: str | None = Field(default=None, description="text the Server header must contain, e.g. nginx")
+
+
+def _normal(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+
+
+@kind("http", HttpParams)
+def http(ctx: Context, p: HttpParams) -> list[Finding]:
+    """A page is served on a port the machine publishes: from a given server, not a default
+    page, the same as a file, containing a text."""
+    url = f"http://{ctx.machine(p.machine).address}:{p.port}{p.path}"
+    where = f"port {p.port} of {p.machine}"
+    Where = "P" + where[1:]  # noqa: N806 - the same words, starting a sentence
+    try:
+        response = ctx.http.get(url, timeout=(2, 4), allow_redirects=False)
+    except requests.exceptions.ConnectionError as error:
+        if "refused" in str(error).lower():
+            return [Finding(False, f"Nothing answers on {where} yet: is the port published and a web server listening on it?")]
+        return [Finding(False, f"{Where} is published, but no web server answers behind it: "
+                               f"is one running in the container and listening on the container's port?")]
+    except requests.exceptions.Timeout:
+        return [Finding(False, f"Nothing answers on {where} within 4 s.")]
+    except requests.exceptions.RequestException as error:
+        return [Finding(False, f"{Where} does not answer with a web page ({type(error).__name__}).")]
+    findings = []
+    if response.status_code != 200:
+        return [Finding(False, f"{Where} answers {response.status_code} {response.reason}, not a page.")]
+    body = response.text[:READ_LIMIT]
+    if p.server is not None:
+        header = response.headers.get("Server", "")
+        if p.server.lower() in header.lower():
+            findings.append(Finding(True, f"{p.server} answers on {where}."))
+        else:
+            findings.append(Finding(False, f"{Where} answers, but not from {p.server} "
+                                           f"(Server: {header or 'not said'})."))
+    default = next((what for marker, what in DEFAULT_PAGES.items() if marker in body), None)
+    if p.same_as is not None:
+        try:
+            expected = read_machine_file(ctx, p.same_as.machine, p.same_as.path)
+        except CheckProblem as problem:
+            expected, findings = None, findings + [Finding(False, str(problem))]
+        if expected is None:
+            findings.append(Finding(False, f"{Where} serves a page, but there is no "
+                                           f"{p.same_as.path} on {p.same_as.machine} to compare it with."))
+        elif _normal(expected) == _normal(body):
+            findings.append(Finding(True, f"{Where} serves your page ({p.same_as.path} from {p.same_as.machine})."))
+        elif default:
+            findings.append(Finding(False, f"{Where} serves {default}, not your {p.same_as.path}."))
+        else:
+            findings.append(Finding(False, f"{Where} serves a page, but not the one in "
+                                           f"{p.same_as.path} on {p.same_as.machine}."))
+    elif p.not_default:
+        if default:
+            findings.append(Finding(False, f"{Where} serves {default}, not your own page."))
+        else:
+            findings.append(Finding(True, f"{Where} serves your own page."))
+    if p.contains is not None:
+        if p.contains in body:
+            findings.append(Finding(True, f"The page on {where} says {p.contains!r}."))
+        else:
+            findings.append(Finding(False, f"The page on {where} does not say {p.contains!r}."))
+    if not findings:
+        findings.append(Finding(True, f"{Where} serves a page."))
+    return findings
+
+
+class ImageParams(Params):
+    machine: str
+    name: str | None = None
+    committed_from: str | None = None
+    tagged: bool = Field(default=True, description="the image must have a name (a tag)")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ImageParams:
+        if (self.name is None) == (self.committed_from is None):
+            raise ValueError("give either name or committed_from")
+        return self
+
+
+@kind("image", ImageParams)
+def image(ctx: Context, p: ImageParams) -> list[Finding]:
+    """An image exists (by name), or one was committed from a container, with a tag."""
+    if p.name is not None:
+        found = resolve(ctx, p.name, p.machine)
+        if found.problem:
+            return [Finding(False, found.problem)]
+        return [Finding(True, f"{p.name} is listed by docker images on {p.machine}.")]
+    images, exists = committed_images(ctx, p.machine, p.committed_from or "")
+    if not images:
+        if not exists:
+            return [Finding(False, f"There is no container named {p.committed_from} on {p.machine} to commit.")]
+        return [Finding(False, f"No image has been committed from {p.committed_from} yet "
+                               f"(docker commit {p.committed_from} NAME:TAG).")]
+    tagged = [i for i in images if image_label(i) != short(i["Id"])]
+    if p.tagged and not tagged:
+        newest = short(images[0]["Id"])
+        return [Finding(True, f"An image was committed from {p.committed_from} ({newest})."),
+                Finding(False, f"It has no name, so docker images lists it as <none>: docker tag {newest} NAME:TAG.")]
+    best = (tagged or images)[0]
+    return [Finding(True, f"{image_label(best)} was committed from {p.committed_from} and is listed by docker images.")]
+
+
+ARCHIVE_PLACES = ["/root", "/home", "/tmp", "/var/tmp", "/srv", "/opt"]
+
+# Run in the machine by Berth (sent with each check, never stored there): lists regular
+# files that start like a tar archive (plain or compressed) and reads what images each
+# `docker save` archive holds from its manifest.json. Files whose size and time are in
+# argv[1] (already known) are only reported, not read again.
+ARCHIVE_SCAN = r"""
+import json, os, stat, sys, tarfile
+known = set(json.loads(sys.argv[1]))
+found = []
+for top in sys.argv[2:]:
+    depth = top.rstrip("/").count("/")
+    for folder, dirs, files in os.walk(top):
+        if folder.count("/") - depth >= 3:
+            dirs[:] = []
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or st.st_size < 1024:
+                    continue
+                key = "%s:%d:%d" % (path, st.st_size, st.st_mtime_ns)
+                if key in known:
+                    found.append({"key": key, "known": True})
+                    continue
+                with open(path, "rb") as handle:
+                    head = handle.read(512)
+                if head[257:262] == b"ustar":
+                    form = "tar"
+                elif head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00":
+                    form = "compressed"
+                else:
+                    continue
+                entry = {"key": key, "path": path, "size": st.st_size, "form": form, "images": []}
+                try:
+                    with tarfile.open(path, "r:*") as archive:
+                        for member in archive:
+                            if member.name.lstrip("./") == "manifest.json":
+                                entry["images"] = [{"config": m.get("Config", ""), "tags": m.get("RepoTags") or []}
+                                                   for m in json.load(archive.extractfile(member))]
+                except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+                    entry["error"] = str(error)[:200]
+                found.append(entry)
+            except OSError:
+                continue
+print(json.dumps(found))
+"""
+
+
+@dataclass(frozen=True)
+class Archive:
+    path: str
+    size: int
+    form: str
+    configs: tuple[str, ...]  # image ids (hex) it holds
+    tags: tuple[str, ...]
+    error: str = ""
+
+
+def archives(ctx: Context, machine: str, places: list[str]) -> list[Archive]:
+    """The tar archives in a machine's usual places, with what images they hold. A file is
+    read once per size and time (a 400 MB archive takes a while if compressed)."""
+    def make() -> list[Archive]:
+        cache = ctx.session_cache.setdefault(("archives", ctx.machine(machine).container_id), {})
+        result = ctx.run_in_machine(machine, ["python3", "-c", ARCHIVE_SCAN, json.dumps(sorted(cache)), *places],
+                                    timeout=CHECK_TIMEOUT - 2)
+        if result.exit_code != 0:
+            raise CheckProblem(f"Berth could not look for archives on {machine}: {result.text.strip()[-160:]}")
+        found = []
+        for entry in json.loads(result.text):
+            if not entry.get("known"):
+                configs = tuple(re.sub(r"^(blobs/sha256/|sha256:)", "", i["config"]).removesuffix(".json")
+                                for i in entry["images"])
+                tags = tuple(t for i in entry["images"] for t in i["tags"])
+                cache[entry["key"]] = Archive(entry["path"], entry["size"], entry["form"], configs, tags,
+                                              entry.get("error", ""))
+            found.append(cache[entry["key"]])
+        live = {e["key"] for e in json.loads(result.text)}
+        for key in set(cache) - live:
+            del cache[key]
+        return found
+    return ctx.memo(("archives", machine, tuple(places)), make)
+
+
+class ArchiveParams(Params):
+    machine: str
+    image: ImageRef | str
+    places: list[str] = Field(default=ARCHIVE_PLACES, description="folders searched (3 levels deep)")
+
+
+@kind("saved_archive", ArchiveParams)
+def saved_archive(ctx: Context, p: ArchiveParams) -> list[Finding]:
+    """A file in a machine is a `docker save` archive (plain or compressed, any name)
+    holding the image."""
+    wanted = resolve(ctx, p.image, p.machine)
+    if wanted.problem:
+        return [Finding(False, wanted.problem)]
+    hexes = {i.removeprefix("sha256:") for i in wanted.ids}
+    found = archives(ctx, p.machine, p.places)
+    holding = [a for a in found if hexes & set(a.configs)]
+    if holding:
+        best = holding[0]
+        form = " (compressed)" if best.form == "compressed" else ""
+        return [Finding(True, f"{best.path} on {p.machine} is a docker save archive of {wanted.label}{form}.")]
+    unfinished = [a for a in found if a.error and not a.configs]
+    if unfinished:
+        return [Finding(False, f"{unfinished[0].path} on {p.machine} is not a whole archive (yet?): "
+                               f"{unfinished[0].error}.")]
+    saved = [a for a in found if a.configs]
+    if saved:
+        what = ", ".join(saved[0].tags) or "another image"
+        return [Finding(False, f"{saved[0].path} on {p.machine} is a docker save archive, but of {what}, "
+                               f"not {wanted.label}.")]
+    return [Finding(False, f"There is no docker save archive of {wanted.label} on {p.machine} yet "
+                           f"(looked in {', '.join(p.places)}).")]
+
+
+class LoadedParams(Params):
+    machine: str
+    image: ImageRef | str
+
+
+@kind("image_loaded", LoadedParams)
+def image_loaded(ctx: Context, p: LoadedParams) -> list[Finding]:
+    """The machine's engine has the image (the very same, by id), e.g. from `docker load`."""
+    wanted = resolve(ctx, p.image, p.machine)
+    if wanted.problem:
+        return [Finding(False, wanted.problem)]
+    here = [i for i in ctx.images(p.machine) if i["Id"] in wanted.ids]
+    if not here:
+        return [Finding(False, f"{wanted.label} is not on {p.machine} yet (docker load -i FILE).")]
+    source = p.image.machine if isinstance(p.image, ImageRef) and p.image.machine else None
+    label = image_label(here[0])
+    if source and source != p.machine:
+        return [Finding(True, f"{label} is on {p.machine}: the very image from {source}.")]
+    return [Finding(True, f"{label} is on {p.machine}.")]
+
+
+# --- running checks
+
+_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="check")
+
+
+def evaluate(ctx: Context, kind_name: str, params: dict[str, Any]) -> list[Finding]:
+    """One check, its failures said as a message: never an exception."""
+    check = KINDS.get(kind_name)
+    if check is None:
+        return [Finding(False, f"Berth has no check {kind_name!r} (a mistake in the lesson).")]
+    try:
+        return check.run(ctx, check.params.model_validate(params))
+    except ValidationError as error:
+        return [Finding(False, f"The lesson's check {kind_name!r} is wrong: {error.errors()[0]['msg']}.")]
+    except CheckProblem as problem:
+        return [Finding(False, str(problem))]
+    except MachineError as error:
+        return [Finding(False, f"Berth could not check this: {error.message}")]
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        log.info("check %s failed: %s", kind_name, error)
+        return [Finding(False, f"Berth could not ask the machine's engine ({type(error).__name__}); it tries again.")]
+    except Exception:  # a bug in a check must not take the checker down
+        log.exception("check %s crashed", kind_name)
+        return [Finding(False, f"The check {kind_name!r} failed inside Berth; it is logged.")]
+
+
+def run_checks(ctx: Context, checks: list[tuple[str, dict[str, Any]]], timeout: float = CHECK_TIMEOUT) -> list[Finding]:
+    """Run checks side by side; each gets `timeout` seconds, then it is reported as slow."""
+    futures = [_pool.submit(evaluate, ctx, name, params) for name, params in checks]
+    deadline = time.monotonic() + timeout
+    findings: list[Finding] = []
+    for (name, _), future in zip(checks, futures, strict=True):
+        try:
+            findings += future.result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            findings.append(Finding(False, f"Checking this took longer than {timeout:.0f} s ({name}); Berth tries again."))
+    return findings
