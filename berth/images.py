@@ -91,8 +91,10 @@ class Setup:
             return
         if subprocess.run(["which", "debootstrap"], capture_output=True).returncode != 0:
             _say("installing debootstrap (Debian package) ...")
-            subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], check=True,
-                           env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
         with tempfile.TemporaryDirectory(prefix="berth-rootfs-") as root:
             _say(f"no registry answers: building {DEBIAN_BASE} from Debian packages with "
                  "debootstrap (about 30 s) ...")
