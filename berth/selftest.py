@@ -1,0 +1,177 @@
+"""Self-test of lessons: `python -m berth.selftest [SLUG...]` (all lessons without SLUG).
+
+For each lesson, in fresh real machines: every task must be pending at first; then, task
+by task, its solution runs in the machines it names and the checker must then mark the
+task done. Exit status 0 when every lesson passes. A lesson whose solution does not pass
+its own checks is broken, whatever the reason."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checker import Checker
+from .checks import run_checks
+from .config import Config
+from .machines import MachineError
+
+DONE_WITHIN = 30.0  # seconds a task may take to show as done after its solution ran
+STEP_TIMEOUT = 600  # seconds one solution step may run
+
+
+class _Quiet:
+    """Stands in for Socket.IO: nobody is listening to a self-test."""
+
+    def emit(self, *args, **kwargs) -> None:
+        pass
+
+
+@dataclass
+class Report:
+    lesson: str
+    problems: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def say(self, text: str) -> None:
+        self.lines.append(text)
+        print(text, flush=True)
+
+    def fail(self, text: str) -> None:
+        self.problems.append(text)
+        self.say(f"  FAIL {text}")
+
+
+def selftest_lesson(berth, checker: Checker, slug: str) -> Report:
+    report = Report(slug)
+    lesson = berth.library.get(slug)
+    if lesson is None:
+        report.fail(berth.library.errors.get(slug, f"there is no lesson {slug!r}"))
+        return report
+    for task in lesson.tasks:
+        if not task.solution:
+            report.fail(f"task {task.id} has no solution to test")
+    if not report.ok:
+        return report
+    started = time.monotonic()
+    record, _ = berth.sessions.create(slug, wait=True)
+    try:
+        record = berth.sessions.get(record.id)
+        failed = [f"{m.name}: {m.message}" for m in record.machines if m.status != "ready"]
+        if failed:
+            report.fail("machines did not start: " + "; ".join(failed))
+            return report
+        report.say(f"{slug}: session {record.id}, machines {', '.join(lesson.machines)} ready "
+                   f"in {time.monotonic() - started:.1f} s")
+        watch = checker.watch(record.id)
+        if watch is None:
+            report.fail("the checker cannot watch the session")
+            return report
+
+        ctx = checker.context(watch)
+        for task in lesson.tasks:
+            findings = run_checks(ctx, [(c.kind, c.params) for c in task.checks])
+            if all(f.ok for f in findings):
+                report.fail(f"task {task.id} is done before anything was done: its checks prove nothing")
+            else:
+                first = next(f.message for f in findings if not f.ok)
+                report.say(f"  {task.id:<12} pending at first: {first}")
+        ctx.close()
+
+        for task in lesson.tasks:
+            began = time.monotonic()
+            for step in task.solution:
+                machine = berth.sessions.machine(record.id, step.machine)
+                result = berth.backend.exec(machine, ["bash", "-c", step.run], timeout=STEP_TIMEOUT)
+                if result.exit_code != 0:
+                    report.fail(f"task {task.id}: on {step.machine}, `{step.run}` exited with "
+                                f"{result.exit_code}: {result.text.strip()[-400:]}")
+                    return report
+            ran = time.monotonic() - began
+            deadline = time.monotonic() + DONE_WITHIN
+            while True:
+                checker.check_now(record.id)
+                state = next(t for t in checker.task_list(record.id) if t["id"] == task.id)
+                if state["status"] == "done" or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            waited = time.monotonic() - began - ran
+            if state["status"] == "done":
+                report.say(f"  {task.id:<12} done (solution {ran:.1f} s, then done after {waited:.1f} s)")
+            else:
+                missing = "; ".join(f["message"] for f in state["feedback"] if not f["ok"]) or "no feedback"
+                report.fail(f"task {task.id} is still pending {DONE_WITHIN:.0f} s after its solution: {missing}")
+                return report
+        report.say(f"{slug}: ok in {time.monotonic() - started:.0f} s")
+        return report
+    finally:
+        checker.forget(record.id)
+        berth.sessions.end(record.id)
+
+
+def remove_instance(berth) -> None:
+    """Remove what this self-test's Berth made on the engine (its mirror, leftovers)."""
+    host = berth.backend.host
+    label = {"label": f"berth.instance={berth.instance_id}"}
+    for container in host.containers.list(all=True, filters=label):
+        container.remove(force=True, v=True)
+    for network in host.networks.list(filters=label):
+        network.remove()
+    for volume in host.volumes.list(filters=label):
+        volume.remove(force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m berth.selftest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("slugs", nargs="*", metavar="SLUG", help="lessons to test (default: all)")
+    parser.add_argument("--data-dir", help="Berth's data folder (default: a temporary one, removed after)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("BERTH_LOG_LEVEL", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from . import Berth
+
+    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="berth-selftest-"))
+    config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(data_dir.resolve())})
+    berth = Berth(config)
+    for slug, error in berth.library.errors.items():
+        if not args.slugs or slug in args.slugs:
+            print(f"{slug}: FAIL {error}", flush=True)
+    failed = [s for s in berth.library.errors if not args.slugs or s in args.slugs]
+    checker = Checker(berth, _Quiet())
+    try:
+        berth.prepare()
+        slugs = args.slugs or list(berth.library.lessons)
+        for slug in slugs:
+            if slug in berth.library.errors:
+                continue
+            if not selftest_lesson(berth, checker, slug).ok:
+                failed.append(slug)
+    except MachineError as error:
+        print(f"FAIL machines: {error.message} {error.detail}", flush=True)
+        return 1
+    finally:
+        checker.stop()
+        try:
+            remove_instance(berth)
+        except Exception as error:  # noqa: BLE001 - clean-up is best effort, and said
+            print(f"(could not remove everything this self-test made: {error})", file=sys.stderr)
+        berth.store.close()
+        if not args.data_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    print("self-test: " + ("all lessons pass" if not failed else "FAILED: " + ", ".join(failed)), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
