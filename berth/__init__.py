@@ -160,6 +160,9 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
     from . import assets, views
     assets.init_app(app)
     views.init_app(app)
+    from . import files, preview
+    preview.init_app(app)
+    files.init_app(app)
     socketio.init_app(app, cors_allowed_origins=berth.origins, async_mode="threading",
                       max_http_buffer_size=1024 * 1024)
     from . import terminal

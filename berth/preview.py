@@ -1,0 +1,677 @@
+"""Port preview: `/s/<session>/<machine>/port/<n>/...` reaches a port that the learner
+published inside their machine, so "open http://localhost:3000" works from the browser.
+
+It is never an open proxy: it only dials the session's own machines (their address comes
+from the backend, never from the request), only ports that a container in that machine
+publishes, and only for the session's token. Proxied pages are served with a sandboxing
+CSP, so a learner's page never acts as Berth's origin. When the port cannot answer, a
+diagnosis page says why in the learner's words."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+import docker.errors
+import requests.exceptions
+from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request
+from werkzeug.datastructures import Headers
+
+from .machines import Machine, MachineError
+from .sessions import TOUCH_EVERY
+from .store import SessionRecord
+from .views import ApiError, authenticated, berth, iso
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("preview", __name__)
+
+CHUNK = 64 * 1024
+CONNECT_TIMEOUT = 5  # seconds to open a connection to the machine's port
+ANSWER_TIMEOUT = 30  # seconds for the learner's server to start answering
+IDLE_TIMEOUT = 600  # seconds a streamed answer (or a WebSocket) may stay silent
+PORTS_TTL = 2.0  # seconds a listing of published ports is reused: a page of twenty files asks once
+
+# What a learner's page may do: run its scripts and forms in an origin of its own (no
+# allow-same-origin), so it can never read Berth's pages or act with the learner's cookie.
+SANDBOX = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
+PROBLEM_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; sandbox"
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+              "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+# Request headers that are Berth's business, not the learner's server's.
+DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "content-length", "forwarded", "x-forwarded-for",
+                             "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "x-real-ip"}
+# Response headers that would act on Berth's whole origin rather than on the one page.
+DROP_RESPONSE = HOP_BY_HOP | {"server", "date", "strict-transport-security", "clear-site-data", "alt-svc",
+                              "nel", "report-to", "reporting-endpoints", "service-worker-allowed",
+                              "public-key-pins", "expect-ct", "referrer-policy", "set-cookie"}
+LOCAL_NAMES = {"localhost", "127.0.0.1", "0.0.0.0", "::1", "[::1]"}
+
+
+# --- published ports
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """A TCP port of the machine that a container in it publishes (`-p 3000:80`)."""
+
+    port: int  # on the machine
+    container: str
+    container_id: str
+    container_port: int  # inside the container
+    host_ip: str  # the address inside the machine it is published on; 0.0.0.0 = all
+    state: str  # running or paused
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.host_ip.startswith("127.") or self.host_ip == "::1"
+
+
+def list_published(engine) -> list[PublishedPort]:
+    """The TCP ports the running containers of one machine's engine publish, by port."""
+    found: dict[int, PublishedPort] = {}
+    for summary in engine.api.containers():
+        name = (summary.get("Names") or ["/?"])[0].lstrip("/")
+        for entry in summary.get("Ports") or []:
+            public = entry.get("PublicPort")
+            if entry.get("Type") != "tcp" or not public:
+                continue
+            candidate = PublishedPort(int(public), name, summary["Id"], int(entry.get("PrivatePort") or 0),
+                                      entry.get("IP") or "0.0.0.0", summary.get("State") or "running")
+            known = found.get(candidate.port)
+            # 0.0.0.0 and :: are listed apart; one reachable entry is enough.
+            if known is None or (known.loopback_only and not candidate.loopback_only):
+                found[candidate.port] = candidate
+    return sorted(found.values(), key=lambda p: p.port)
+
+
+@dataclass
+class _Listing:
+    at: float
+    ports: list[PublishedPort] = field(default_factory=list)
+
+
+class PortWatch:
+    """Published ports per machine, read from each machine's own engine and remembered
+    for a moment (PORTS_TTL)."""
+
+    def __init__(self, backend, ttl: float = PORTS_TTL):
+        self.backend = backend
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._listings: dict[str, _Listing] = {}
+
+    def ports(self, machine: Machine, fresh: bool = False) -> list[PublishedPort]:
+        now = time.monotonic()
+        with self._lock:
+            listing = self._listings.get(machine.container_id)
+        if listing is not None and not fresh and now - listing.at < self.ttl:
+            return listing.ports
+        try:
+            ports = list_published(self.backend.engine(machine))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            raise MachineError(f"The Docker engine of {machine.name} does not answer right now; "
+                               "try again in a moment.", str(error)) from None
+        with self._lock:
+            if len(self._listings) > 1000:  # machines come and go; never grow without bound
+                self._listings.clear()
+            self._listings[machine.container_id] = _Listing(now, ports)
+        return ports
+
+    def port(self, machine: Machine, number: int) -> PublishedPort | None:
+        return next((p for p in self.ports(machine) if p.port == number), None)
+
+
+def watch() -> PortWatch:
+    return current_app.extensions["berth_ports"]
+
+
+# --- who may preview
+
+def preview_key(record: SessionRecord) -> str:
+    """A key that lets a URL reach this session's previews and nothing else. Previews need
+    it because a sandboxed page's own requests (its images, its links) carry no cookies."""
+    message = f"preview:{record.id}:{record.token_hash}".encode()
+    return hmac.new(berth().secret_key.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def preview_prefix(record: SessionRecord, machine: str, port: int) -> str:
+    return f"/s/{record.id}.{preview_key(record)}/{quote(machine, safe='')}/port/{port}"
+
+
+def authorize(segment: str) -> tuple[SessionRecord, bool]:
+    """The session named by the URL's session segment (`ID` or `ID.KEY`), if the request
+    may use it; and whether Berth's bearer token came in the Authorization header."""
+    session_id, dot, key = segment.partition(".")
+    if dot:
+        record = berth().sessions.get(session_id)
+        if not hmac.compare_digest(key.encode(), preview_key(record).encode()):
+            raise ApiError(403, "wrong_key", "That preview address does not belong to this session.")
+        if time.time() - record.last_seen_at > TOUCH_EVERY:
+            berth().store.touch(record.id)
+        return record, False
+    record = authenticated(session_id)
+    return record, bool(request.headers.get("Authorization"))
+
+
+# --- diagnosis
+
+@dataclass
+class Diagnosis:
+    """Why a preview cannot answer, for the learner."""
+
+    status: int
+    reason: str
+    title: str
+    message: str
+    hints: list[str] = field(default_factory=list)
+
+
+def diagnose(machine: Machine, number: int, published: PublishedPort | None, error: str = "") -> Diagnosis:
+    """Look through the machine's engine for why port `number` does not answer. Hints
+    write commands between backticks."""
+    engine = berth().backend.engine(machine)
+    where = f"on {machine.name}"
+    if published is None:
+        stopped = _stopped_publisher(engine, number)
+        if stopped is not None:
+            name, state, code = stopped
+            if state == "created":
+                return Diagnosis(502, "container_not_started", f"The container {name} has not started",
+                                 f"Port {number} {where} belongs to the container {name}, which was created "
+                                 "but never started.", [f"Start it: `docker start {name}`"])
+            return Diagnosis(502, "container_exited", f"The container {name} has exited",
+                             f"Port {number} {where} was published by the container {name}, but it has "
+                             f"exited{f' (exit code {code})' if code is not None else ''}, so nothing "
+                             "answers there any more.",
+                             [f"See what it printed before it stopped: `docker logs {name}`",
+                              f"Start it again: `docker start {name}`",
+                              "A container stops when its main command ends; `docker run -dit ...` keeps "
+                              "a shell open in it."])
+        others = [p for p in watch().ports(machine) if p.port != number]
+        hints = [f"Publish it when you start a container: `docker run -d -p {number}:80 IMAGE` "
+                 f"(port {number} of the machine to port 80 of the container)",
+                 "See what is published: `docker ps` (the PORTS column)"]
+        if others:
+            hints.insert(0, f"Published {where} now: " + ", ".join(f"{p.port} ({p.container})" for p in others))
+        return Diagnosis(404, "not_published", f"Nothing is published on port {number}",
+                         f"No running container {where} publishes port {number}, so there is nothing to "
+                         "show here yet.", hints)
+    name, inside = published.container, published.container_port
+    if published.state == "paused":
+        return Diagnosis(502, "container_paused", f"The container {name} is paused",
+                         f"Port {number} {where} leads to the container {name}, which is paused.",
+                         [f"Unpause it: `docker unpause {name}`"])
+    if published.loopback_only:
+        return Diagnosis(502, "loopback_only", f"Port {number} is published only inside {machine.name}",
+                         f"The container {name} publishes port {number} on {published.host_ip} only, an "
+                         "address that nothing outside the machine can reach.",
+                         [f"Publish it on every address instead: `docker run -p {number}:{inside} ...`"])
+    listening, processes = _inside(machine, engine, published.container_id)
+    servers = [n for n in ("nginx", "apache2", "httpd", "python", "node", "caddy") if any(n in p for p in processes)]
+    server = servers[0] if servers else "a server"
+    if listening is not None:
+        ports_inside = sorted({port for port, _ in listening})
+        if inside not in ports_inside and ports_inside:
+            listed = ", ".join(str(p) for p in ports_inside)
+            title = (f"{server} still listens on port{'s' if len(ports_inside) > 1 else ''} {listed}" if servers
+                     else f"Something listens on {listed}, not on {inside}")
+            hints = [f"Or publish the port the server uses: `docker run -p {number}:{ports_inside[0]} ...`"]
+            if "nginx" in servers:
+                hints.insert(0, f"Make nginx listen on {inside}: in the container, change `listen "
+                             f"{ports_inside[0]}` to `listen {inside}` in /etc/nginx/sites-enabled/default, "
+                             "then reload it: `nginx -s reload`")
+            return Diagnosis(502, "wrong_port", title,
+                             f"Port {number} {where} leads to port {inside} of the container {name}, but "
+                             f"{server} in it listens on {listed}, not on {inside}.", hints)
+        if inside not in ports_inside:
+            return Diagnosis(502, "nothing_listens", f"Nothing listens on port {inside} in {name}",
+                             f"Port {number} {where} leads to port {inside} of the container {name}, but "
+                             "nothing listens there inside the container: no web server runs in it (yet).",
+                             [f"Start the web server in the container, for nginx: `docker exec {name} "
+                              "service nginx start`",
+                              f"See what runs in it: `docker top {name}`"])
+        if all(address.startswith("127.") or address == "::1" for port, address in listening if port == inside):
+            return Diagnosis(502, "listens_on_loopback", f"The server in {name} listens only on 127.0.0.1",
+                             f"Port {number} {where} leads to port {inside} of {name}, where {server} "
+                             "listens on 127.0.0.1 only; connections from outside the container cannot "
+                             "reach it.", [f"Make the server listen on 0.0.0.0:{inside} (every address)."])
+    if "timed out" in error:
+        return Diagnosis(504, "no_answer", f"Port {number} does not answer",
+                         f"The server behind port {number} {where} ({name}) did not answer within "
+                         f"{ANSWER_TIMEOUT} seconds.", [f"Look at its log: `docker logs {name}`"])
+    return Diagnosis(502, "no_answer", f"Port {number} does not answer",
+                     f"Port {number} {where} leads to port {inside} of {name}, but the connection failed"
+                     f"{f' ({error})' if error else ''}.", [f"Look at its log: `docker logs {name}`"])
+
+
+def _stopped_publisher(engine, number: int) -> tuple[str, str, int | None] | None:
+    """A stopped container that would publish `number`: (name, state, exit code)."""
+    for summary in engine.api.containers(all=True, filters={"status": ["exited", "created", "dead"]})[:50]:
+        try:
+            info = engine.api.inspect_container(summary["Id"])
+        except docker.errors.NotFound:
+            continue
+        for bindings in ((info.get("HostConfig") or {}).get("PortBindings") or {}).values():
+            for binding in bindings or []:
+                if str(binding.get("HostPort") or "") == str(number):
+                    state = info.get("State") or {}
+                    code = state.get("ExitCode") if state.get("Status") != "created" else None
+                    return info["Name"].lstrip("/"), state.get("Status", "exited"), code
+    return None
+
+
+def _inside(machine: Machine, engine, container_id: str) -> tuple[list[tuple[int, str]] | None, list[str]]:
+    """What listens inside a container (port, address) and which processes run there.
+    Read from the machine (the container's /proc/PID/net), so it works for any image."""
+    try:
+        info = engine.api.inspect_container(container_id)
+        pid = int((info.get("State") or {}).get("Pid") or 0)
+        processes = [" ".join(map(str, row)) for row in (engine.api.top(container_id).get("Processes") or [])]
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        log.info("cannot look into %s: %s", container_id[:12], error)
+        return None, []
+    if not pid:
+        return None, processes
+    result = berth().backend.exec(machine, ["cat", f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"], timeout=10)
+    if result.exit_code != 0 and not result.output:
+        return None, processes
+    return parse_listening(result.text), processes
+
+
+def parse_listening(text: str) -> list[tuple[int, str]]:
+    """(port, address) of each listening socket in /proc/net/tcp{,6} text."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != "0A" or ":" not in fields[1]:
+            continue
+        address, port = fields[1].rsplit(":", 1)
+        found.append((int(port, 16), _proc_address(address)))
+    return found
+
+
+def _proc_address(hex_address: str) -> str:
+    if len(hex_address) == 8:  # IPv4, little-endian
+        return ".".join(str(int(hex_address[i:i + 2], 16)) for i in (6, 4, 2, 0))
+    if hex_address.strip("0") == "":
+        return "::"
+    if hex_address == "00000000000000000000000001000000":
+        return "::1"
+    if hex_address.startswith("0000000000000000FFFF0000"):  # ::ffff:a.b.c.d
+        return _proc_address(hex_address[24:])
+    return "::x"
+
+
+def problem_response(machine_name: str, number: int, diagnosis: Diagnosis) -> Response:
+    """The diagnosis as a page (a browser) or as JSON (a client that asks for JSON)."""
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    if best == "application/json":
+        response = jsonify(error=diagnosis.reason, message=f"{diagnosis.title}. {diagnosis.message}",
+                           hints=diagnosis.hints)
+    else:
+        response = Response(render_template("preview_problem.html", machine=machine_name, port=number,
+                                            diagnosis=diagnosis), mimetype="text/html")
+        response.headers["Content-Security-Policy"] = PROBLEM_CSP
+    response.status_code = diagnosis.status
+    response.headers["X-Berth-Diagnosis"] = diagnosis.reason
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- the proxy
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@bp.route("/s/<session>/<machine_name>/port/<int:port>/", defaults={"path": ""}, methods=ALL_METHODS,
+          provide_automatic_options=False)
+@bp.route("/s/<session>/<machine_name>/port/<int:port>/<path:path>", methods=ALL_METHODS,
+          provide_automatic_options=False)
+# Werkzeug routes WebSocket upgrades only to rules that say they take them.
+@bp.route("/s/<session>/<machine_name>/port/<int:port>/", defaults={"path": ""}, methods=["GET"], websocket=True)
+@bp.route("/s/<session>/<machine_name>/port/<int:port>/<path:path>", methods=["GET"], websocket=True)
+def proxy(session: str, machine_name: str, port: int, path: str):
+    record, bearer = authorize(session)
+    if not 1 <= port <= 65535:
+        raise ApiError(404, "not_found", "A port is a number from 1 to 65535.")
+    machine = berth().sessions.machine(record.id, machine_name)
+    published = watch().port(machine, port)
+    if published is None:
+        watch().ports(machine, fresh=True)  # a container may have started a moment ago
+        published = watch().port(machine, port)
+    if published is None or published.state != "running" or published.loopback_only:
+        return problem_response(machine.name, port, diagnose(machine, port, published))
+    prefix = f"/s/{session}/{machine_name}/port/{port}"
+    target = Target(record.id, machine, published, prefix, _upstream_path(path), bearer)
+    if _is_websocket():
+        return websocket(target)
+    return forward(target)
+
+
+@bp.route("/s/<session>/<machine_name>/port/<int:port>", methods=ALL_METHODS, provide_automatic_options=False)
+def proxy_root(session: str, machine_name: str, port: int):
+    """`.../port/3000` -> `.../port/3000/`, so that the page's relative links resolve."""
+    authorize(session)
+    query = request.query_string.decode("latin-1")
+    return redirect(f"{request.path}/" + (f"?{query}" if query else ""), code=308)
+
+
+@dataclass(frozen=True)
+class Target:
+    session_id: str
+    machine: Machine
+    published: PublishedPort
+    prefix: str  # where the port appears under Berth, without the trailing slash
+    path: str  # the path to ask the learner's server for, raw (percent-encoded as sent)
+    bearer: bool  # the Authorization header was Berth's; the learner's server must not see it
+
+    @property
+    def request_uri(self) -> str:
+        query = request.query_string.decode("latin-1")
+        return self.path + (f"?{query}" if query else "")
+
+    @property
+    def host_header(self) -> str:
+        # What the learner's own browser would send for http://localhost:3000.
+        return f"localhost:{self.published.port}"
+
+
+def _upstream_path(decoded: str) -> str:
+    """The request's path below the port, as the browser sent it (percent-encoding kept)."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if raw and raw.startswith("/"):
+        parts = raw.split("?", 1)[0].split("/", 6)  # '', 's', session, machine, 'port', n, rest
+        if len(parts) == 7 and parts[4] == "port":
+            return "/" + parts[6]
+        if len(parts) == 6:
+            return "/"
+    return "/" + quote(decoded, safe="/:@!$&'()*+,;=-._~")
+
+
+def _is_websocket() -> bool:
+    return (request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower())
+
+
+def _request_headers(target: Target) -> list[tuple[str, str]]:
+    """The browser's headers as the learner's server should see them: without Berth's
+    cookie or token, with Host as if the browser were inside the machine."""
+    headers = [("Host", target.host_header)]
+    connection_tokens = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in DROP_REQUEST or lower in connection_tokens:
+            continue
+        if lower == "authorization" and target.bearer:
+            continue
+        headers.append((name, value))
+    cookies = _learner_cookies(request.headers.get("Cookie", ""))
+    if cookies:
+        headers.append(("Cookie", cookies))
+    headers.append(("X-Forwarded-Prefix", target.prefix))
+    return headers
+
+
+def _learner_cookies(header: str) -> str:
+    """The browser's cookies minus Berth's own (which hold the session's token)."""
+    kept = [part.strip() for part in header.split(";")
+            if part.strip() and not part.strip().lower().startswith("berth_")]
+    return "; ".join(kept)
+
+
+def _body_chunks() -> Iterator[bytes] | None:
+    """The request body, streamed; None when there is none."""
+    if request.content_length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+        return None
+    request.max_content_length = berth().config.upload_limit
+    stream = request.stream
+
+    def chunks():
+        while chunk := stream.read(CHUNK):
+            yield chunk
+    return chunks()
+
+
+def forward(target: Target) -> Response:
+    """One HTTP exchange with the learner's server, streamed both ways."""
+    machine, published = target.machine, target.published
+    headers = _request_headers(target)
+    navigating = request.headers.get("Sec-Fetch-Dest", "") in ("document", "iframe", "frame") or (
+        "Sec-Fetch-Dest" not in request.headers and "text/html" in request.headers.get("Accept", ""))
+    if navigating:
+        # Pages come back uncompressed so their root-relative links can be kept under the prefix.
+        headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [("Accept-Encoding", "identity")]
+    body = _body_chunks()
+    connection = http.client.HTTPConnection(machine.address, published.port, timeout=CONNECT_TIMEOUT)
+    try:
+        connection.connect()
+        sock = connection.sock
+        sock.settimeout(ANSWER_TIMEOUT)
+        connection.putrequest(request.method, target.request_uri, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        if body is not None and request.content_length is not None:
+            connection.putheader("Content-Length", str(request.content_length))
+            connection.endheaders()
+            for chunk in body:
+                connection.send(chunk)
+        elif body is not None:
+            connection.putheader("Transfer-Encoding", "chunked")
+            connection.endheaders()
+            for chunk in body:
+                connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            connection.send(b"0\r\n\r\n")
+        else:
+            connection.endheaders()
+        answer = connection.getresponse()
+    except (OSError, http.client.HTTPException) as error:
+        connection.close()
+        watch().ports(machine, fresh=True)  # the container may have stopped meanwhile
+        fresh = watch().port(machine, published.port)
+        reason = "timed out" if isinstance(error, TimeoutError) else (str(error) or type(error).__name__)
+        return problem_response(machine.name, published.port, diagnose(machine, published.port, fresh, reason))
+    sock.settimeout(IDLE_TIMEOUT)  # the answer reads from this socket even when the connection let go of it
+    return _relay(answer, connection, target)
+
+
+def _relay(answer: http.client.HTTPResponse, connection: http.client.HTTPConnection, target: Target) -> Response:
+    headers = Headers()
+    connection_tokens = {t.strip().lower() for t in (answer.getheader("Connection") or "").split(",")}
+    for name, value in answer.getheaders():
+        lower = name.lower()
+        if lower in DROP_RESPONSE or lower in connection_tokens:
+            if lower == "set-cookie" and not value.strip().lower().startswith("berth_"):
+                headers.add(name, value)
+            continue
+        if lower in ("location", "content-location"):
+            value = rewrite_location(value, target)
+        headers.add(name, value)
+    content_type = answer.getheader("Content-Type") or ""
+    chunks: Iterable[bytes] = _read(answer, connection)
+    if (content_type.lower().startswith("text/html") and not answer.getheader("Content-Encoding")
+            and not re.search(r"charset=\S*(16|32)", content_type, re.I)):
+        chunks = rewrite_html(chunks, target.prefix.encode(), target.session_id.encode())
+        headers.remove("Content-Length")
+    headers.add("Content-Security-Policy", SANDBOX)  # besides (not replacing) the page's own policy
+    headers.set("Referrer-Policy", "no-referrer")  # the URL holds the preview key
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    response = Response(chunks, status=f"{answer.status} {answer.reason}", headers=headers,
+                        direct_passthrough=True)
+    if not content_type:
+        response.headers.remove("Content-Type")  # not Flask's default text/html
+    return response
+
+
+def _read(answer: http.client.HTTPResponse, connection: http.client.HTTPConnection) -> Iterator[bytes]:
+    try:
+        while chunk := answer.read1(CHUNK):
+            yield chunk
+    except (OSError, http.client.HTTPException) as error:
+        log.info("preview answer cut short: %s", error)
+    finally:
+        connection.close()
+
+
+def rewrite_location(value: str, target: Target) -> str:
+    """Keep redirects under the prefix when they point at the learner's own server."""
+    url = urlsplit(value)
+    if not url.scheme and not url.netloc:
+        return target.prefix + value if value.startswith("/") else value
+    if url.scheme not in ("http", "https", ""):
+        return value
+    host = (url.hostname or "").lower()
+    try:
+        port = url.port
+    except ValueError:
+        return value
+    machine = target.machine
+    if host in LOCAL_NAMES | {machine.address, machine.name.lower()} and port in (
+            None, target.published.port, target.published.container_port):
+        rest = (url.path or "/") + (f"?{url.query}" if url.query else "") + (f"#{url.fragment}" if url.fragment else "")
+        return target.prefix + rest
+    return value
+
+
+HOLD = 48  # bytes kept back between chunks: longer than any attribute prefix matched below
+
+
+def rewrite_html(chunks: Iterable[bytes], prefix: bytes, session_id: bytes) -> Iterator[bytes]:
+    """Root-relative links (`href="/about"`) of a page, kept under the preview's prefix.
+    A streaming rewrite of attribute values only; scripts building URLs are left alone."""
+    pattern = re.compile(rb"""(\s(?:href|src|action|formaction|poster|data)\s{0,4}=\s{0,4}["']?)/"""
+                         rb"""(?![/\\]|s/""" + re.escape(session_id) + rb")", re.I)
+    tail = b""
+    for chunk in chunks:
+        data = tail + chunk
+        cut = max(0, len(data) - HOLD)
+        out, position = [], 0
+        for match in pattern.finditer(data):
+            if match.start() >= cut:
+                break
+            out += [data[position:match.end() - 1], prefix, b"/"]
+            position = match.end()
+        cut = max(cut, position)
+        out.append(data[position:cut])
+        tail = data[cut:]
+        if out:
+            yield b"".join(out)
+    if tail:
+        yield pattern.sub(lambda m: m.group(1) + prefix + b"/", tail)
+
+
+# --- WebSocket upgrades
+
+class _Spliced(Response):
+    """The answer to an upgrade: the learner's server's own bytes, relayed both ways on
+    the browser's connection. The server (Werkzeug) must not write a response after it."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket, head: bytes, mode: str):
+        super().__init__()
+        self.client, self.upstream, self.head, self.mode = client, upstream, head, mode
+
+    def __call__(self, environ, start_response):  # type: ignore[override]
+        try:
+            self.client.settimeout(IDLE_TIMEOUT)
+            self.upstream.settimeout(IDLE_TIMEOUT)
+            self.client.sendall(self.head)
+            pump = threading.Thread(target=_pump, args=(self.upstream, self.client), daemon=True,
+                                    name="preview-ws")
+            pump.start()
+            _pump(self.client, self.upstream)
+            pump.join(IDLE_TIMEOUT)
+        except OSError:
+            pass
+        finally:
+            self.upstream.close()
+        # Werkzeug takes a ConnectionError as "the connection is gone": it writes nothing more.
+        if self.mode == "gunicorn":
+            raise StopIteration()
+        raise ConnectionError("WebSocket closed")
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(CHUNK):
+            sink.sendall(data)
+    except OSError:
+        pass
+    for sock in (sink, source):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def websocket(target: Target):
+    environ = request.environ
+    client = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
+    if client is None:
+        raise ApiError(501, "not_supported", "This server cannot relay WebSockets; serve Berth with `python app.py`.")
+    machine, published = target.machine, target.published
+    lines = [f"GET {target.request_uri} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in _request_headers(target)]
+    lines += ["Connection: Upgrade", "Upgrade: websocket"]
+    try:
+        upstream = socket.create_connection((machine.address, published.port), timeout=CONNECT_TIMEOUT)
+    except OSError as error:
+        return problem_response(machine.name, published.port, diagnose(machine, published.port, published, str(error)))
+    try:
+        upstream.settimeout(ANSWER_TIMEOUT)
+        upstream.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = upstream.recv(CHUNK)
+            if not data or len(head) > 65536:
+                raise ConnectionError("the server closed the connection")
+            head += data
+    except OSError as error:
+        upstream.close()
+        return problem_response(machine.name, published.port, diagnose(machine, published.port, published, str(error)))
+    status = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(status) < 2 or status[1] != b"101":
+        upstream.close()
+        raise ApiError(502, "websocket_refused", f"The server on port {published.port} refused the WebSocket "
+                       f"(it answered {status[1].decode('latin-1', 'replace') if len(status) > 1 else '?'}).")
+    mode = "werkzeug" if "werkzeug.socket" in environ else "gunicorn"
+    return _Spliced(client, upstream, head, mode)
+
+
+# --- the page's list of ports
+
+@bp.get("/api/sessions/<session_id>/ports")
+def ports(session_id: str):
+    """Published ports per machine, with the preview address of each."""
+    record = authenticated(session_id)
+    out = []
+    for status in record.machines:
+        entry: dict = {"name": status.name, "status": status.status, "ports": []}
+        if status.status == "ready":
+            try:
+                machine = berth().sessions.machine(record.id, status.name)
+                entry["ports"] = [
+                    {"port": p.port, "container": p.container, "container_port": p.container_port,
+                     "url": preview_prefix(record, status.name, p.port) + "/",
+                     **({"problem": "loopback_only"} if p.loopback_only else {}),
+                     **({"problem": "container_paused"} if p.state == "paused" else {})}
+                    for p in watch().ports(machine)
+                ]
+            except MachineError as error:
+                entry["error"] = error.message
+        out.append(entry)
+    return jsonify(session=record.id, machines=out, checked_at=iso(time.time()))
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["berth_ports"] = PortWatch(app.extensions["berth"].backend)
+    app.register_blueprint(bp)
+
