@@ -71,11 +71,15 @@
     socket.on("tasks", showTasks);
     socket.on("machines", showMachines);
     socket.on("connect_error", (error) => {
+      console.warn("tasks: cannot connect:", error && error.message);
       // Refused (the session ended or the token is wrong): say so; otherwise it retries.
       if (error && error.message && !socket.active) {
         if (progress) progress.textContent = error.message;
       }
     });
+    // The page's sockets share one connection (manager); the terminal creates it first,
+    // without connecting at once, so this socket is connected explicitly.
+    socket.connect();
     page.tasksSocket = socket;
     return socket;
   }
