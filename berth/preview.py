@@ -43,8 +43,9 @@ PORTS_TTL = 2.0  # seconds a listing of published ports is reused: a page of twe
 
 # What a learner's page may do: run its scripts and forms in an origin of its own (no
 # allow-same-origin), so it can never read Berth's pages or act with the learner's cookie.
-SANDBOX = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
-PROBLEM_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; sandbox"
+SANDBOX = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads; frame-ancestors 'self'"
+PROBLEM_CSP = ("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+               "sandbox allow-scripts")  # no script may run (default-src); Chromium's meta refresh needs the flag
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
               "te", "trailer", "trailers", "transfer-encoding", "upgrade"}

@@ -233,8 +233,10 @@
       filesButton.setAttribute("aria-expanded", String(!panel.hidden));
       if (!panel.hidden) refreshPanel();
     });
-    document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && !panel.hidden) { panel.hidden = true; filesButton.setAttribute("aria-expanded", "false"); }
+    function closePanel() { panel.hidden = true; filesButton.setAttribute("aria-expanded", "false"); }
+    document.addEventListener("keydown", (event) => { if (event.key === "Escape" && !panel.hidden) closePanel(); });
+    document.addEventListener("pointerdown", (event) => {
+      if (!panel.hidden && !panel.contains(event.target) && !filesButton.contains(event.target)) closePanel();
     });
     choose.addEventListener("click", () => picker.click());
     picker.addEventListener("change", () => {
