@@ -97,7 +97,12 @@ class Context:
             return value
 
     def machine(self, name: str) -> Machine:
-        return self.memo(("machine", name), lambda: self._machine(name))
+        def find() -> Machine:
+            try:
+                return self._machine(name)
+            except KeyError:
+                raise CheckProblem(f"This session has no machine {name}.") from None
+        return self.memo(("machine", name), find)
 
     def engine(self, name: str) -> docker.DockerClient:
         return self._engine(self.machine(name))
@@ -198,11 +203,14 @@ def image_label(attrs: dict) -> str:
 
 def committed_images(ctx: Context, machine: str, container: str) -> tuple[list[dict], bool]:
     """Images committed from the container, newest first; and whether the container still
-    exists (when it is gone, any committed image is taken for it)."""
+    exists. Images record the id of the container they were committed from, not its name:
+    the ids seen under that name are remembered for the session, so that removing the
+    container after committing it loses nothing."""
     attrs = ctx.container(machine, container)
-    images = [i for i in ctx.images(machine) if i.get("Container")]
+    seen = ctx.session_cache.setdefault(("container ids", ctx.machine(machine).container_id, container), set())
     if attrs is not None:
-        images = [i for i in images if i["Container"] == attrs["Id"]]
+        seen.add(attrs["Id"])
+    images = [i for i in ctx.images(machine) if i.get("Container") in seen]
     return sorted(images, key=lambda i: i.get("Created", ""), reverse=True), attrs is not None
 
 
