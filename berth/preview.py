@@ -180,6 +180,14 @@ class Diagnosis:
 def diagnose(machine: Machine, number: int, published: PublishedPort | None, error: str = "") -> Diagnosis:
     """Look through the machine's engine for why port `number` does not answer. Hints
     write commands between backticks."""
+    try:
+        return _diagnose(machine, number, published, error)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as problem:
+        raise MachineError(f"The Docker engine of {machine.name} does not answer right now; try again in "
+                           "a moment.", str(problem)) from None
+
+
+def _diagnose(machine: Machine, number: int, published: PublishedPort | None, error: str) -> Diagnosis:
     engine = berth().backend.engine(machine)
     where = f"on {machine.name}"
     if published is None:
@@ -352,7 +360,7 @@ def proxy(session: str, machine_name: str, port: int, path: str):
         published = watch().port(machine, port)
     if published is None or published.state != "running" or published.loopback_only:
         return problem_response(machine.name, port, diagnose(machine, port, published))
-    prefix = f"/s/{session}/{machine_name}/port/{port}"
+    prefix = f"/s/{quote(session, safe='.')}/{quote(machine_name, safe='')}/port/{port}"
     target = Target(record.id, machine, published, prefix, _upstream_path(path), bearer)
     if _is_websocket():
         return websocket(target)
@@ -653,12 +661,14 @@ def websocket(target: Target):
 def ports(session_id: str):
     """Published ports per machine, with the preview address of each."""
     record = authenticated(session_id)
+    # One look at the host engine for all the machines: the page asks every few seconds.
+    found = {m.name: m for m in berth().backend.machines(record.id)}
     out = []
     for status in record.machines:
         entry: dict = {"name": status.name, "status": status.status, "ports": []}
-        if status.status == "ready":
+        machine = found.get(status.name)
+        if status.status == "ready" and machine is not None:
             try:
-                machine = berth().sessions.machine(record.id, status.name)
                 entry["ports"] = [
                     {"port": p.port, "container": p.container, "container_port": p.container_port,
                      "url": preview_prefix(record, status.name, p.port) + "/",
@@ -668,6 +678,8 @@ def ports(session_id: str):
                 ]
             except MachineError as error:
                 entry["error"] = error.message
+        elif status.status == "ready":
+            entry["error"] = f"The machine {status.name} is gone; start a new session."
         out.append(entry)
     return jsonify(session=record.id, machines=out, checked_at=iso(time.time()))
 
