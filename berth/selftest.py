@@ -52,7 +52,7 @@ class Report:
         self.say(f"  FAIL {text}")
 
 
-def selftest_lesson(berth, checker: Checker, slug: str) -> Report:
+def selftest_lesson(berth, checker: Checker, slug: str, wait: float = DONE_WITHIN) -> Report:
     report = Report(slug)
     lesson = berth.library.get(slug)
     if lesson is None:
@@ -98,7 +98,7 @@ def selftest_lesson(berth, checker: Checker, slug: str) -> Report:
                                 f"{result.exit_code}: {result.text.strip()[-400:]}")
                     return report
             ran = time.monotonic() - began
-            deadline = time.monotonic() + DONE_WITHIN
+            deadline = time.monotonic() + wait
             while True:
                 checker.check_now(record.id)
                 state = next(t for t in checker.task_list(record.id) if t["id"] == task.id)
@@ -110,7 +110,7 @@ def selftest_lesson(berth, checker: Checker, slug: str) -> Report:
                 report.say(f"  {task.id:<12} done (solution {ran:.1f} s, then done after {waited:.1f} s)")
             else:
                 missing = "; ".join(f["message"] for f in state["feedback"] if not f["ok"]) or "no feedback"
-                report.fail(f"task {task.id} is still pending {DONE_WITHIN:.0f} s after its solution: {missing}")
+                report.fail(f"task {task.id} is still pending {wait:.0f} s after its solution: {missing}")
                 return report
         report.say(f"{slug}: ok in {time.monotonic() - started:.0f} s")
         return report
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m berth.selftest", description=__doc__.split("\n\n")[0])
     parser.add_argument("slugs", nargs="*", metavar="SLUG", help="lessons to test (default: all)")
     parser.add_argument("--data-dir", help="Berth's data folder (default: a temporary one, removed after)")
+    parser.add_argument("--wait", type=float, default=DONE_WITHIN, metavar="SECONDS",
+                        help=f"how long a task may take to show as done after its solution (default {DONE_WITHIN:.0f})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("BERTH_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         for slug in slugs:
             if slug in berth.library.errors:
                 continue
-            if not selftest_lesson(berth, checker, slug).ok:
+            if not selftest_lesson(berth, checker, slug, args.wait).ok:
                 failed.append(slug)
     except MachineError as error:
         print(f"FAIL machines: {error.message} {error.detail}", flush=True)

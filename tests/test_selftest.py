@@ -1,0 +1,62 @@
+"""The lessons' self-test: every lesson passes in fresh real machines (what CI runs), and a
+lesson whose checks prove nothing or whose solution misses is reported as broken."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from berth.config import PROJECT_DIR
+
+pytestmark = pytest.mark.engine
+
+
+def selftest(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "berth.selftest", *args], cwd=PROJECT_DIR, capture_output=True,
+                          text=True, timeout=1200, env={**os.environ, **(env or {})})
+
+
+def test_every_lesson_passes_its_self_test():
+    result = selftest()
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "self-test: all lessons pass" in out
+    for task in ("run", "customize", "commit", "save", "load"):
+        assert f"  {task:<12} pending at first: " in out, out
+        assert f"  {task:<12} done (solution " in out, out
+
+
+BROKEN = """
+title: Broken on purpose
+machines: [{name: box}]
+tasks:
+  - id: proves-nothing
+    title: Done before anything was done
+    checks: [{kind: file, machine: box, path: /etc/hostname}]
+    solution: [{machine: box, run: "true"}]
+  - id: misses
+    title: The solution does not do what the check wants
+    checks: [{kind: file, machine: box, path: /root/x, contains: wanted}]
+    solution: [{machine: box, run: echo other > /root/x}]
+"""
+
+
+def test_a_broken_lesson_fails_with_reasons(tmp_path):
+    lesson = tmp_path / "lessons" / "broken"
+    lesson.mkdir(parents=True)
+    (lesson / "lesson.yaml").write_text(textwrap.dedent(BROKEN))
+    result = selftest("--wait", "2", "broken", env={"BERTH_LESSONS_DIR": str(tmp_path / "lessons")})
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "FAIL task proves-nothing is done before anything was done: its checks prove nothing" in out
+    assert "FAIL task misses is still pending 2 s after its solution: /root/x on box does not contain 'wanted'." in out
+    assert "self-test: FAILED: broken" in out
+
+
+def test_an_unknown_lesson_fails():
+    result = selftest("no-such-lesson")
+    assert result.returncode == 1 and "there is no lesson 'no-such-lesson'" in result.stdout
