@@ -50,7 +50,7 @@ PROBLEM_CSP = ("default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
               "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
 # Request headers that are Berth's business, not the learner's server's.
-DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "content-length", "forwarded", "x-forwarded-for",
+DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "content-length", "expect", "forwarded", "x-forwarded-for",
                              "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "x-real-ip"}
 # Response headers that would act on Berth's whole origin rather than on the one page.
 DROP_RESPONSE = HOP_BY_HOP | {"server", "date", "strict-transport-security", "clear-site-data", "alt-svc",
@@ -354,6 +354,12 @@ def proxy(session: str, machine_name: str, port: int, path: str):
     if not 1 <= port <= 65535:
         raise ApiError(404, "not_found", "A port is a number from 1 to 65535.")
     machine = berth().sessions.machine(record.id, machine_name)
+    if "." not in session and not bearer and request.method == "GET" and _navigating() and not _is_websocket():
+        # The browser came with the cookie, which the sandboxed page's own requests will not
+        # carry: continue at the keyed address, where its images and links work too.
+        query = request.query_string.decode("latin-1")
+        return redirect(preview_prefix(record, machine.name, port) + _upstream_path(path)
+                        + (f"?{query}" if query else ""), code=302)
     published = watch().port(machine, port)
     if published is None:
         watch().ports(machine, fresh=True)  # a container may have started a moment ago
@@ -407,6 +413,12 @@ def _upstream_path(decoded: str) -> str:
     return "/" + quote(decoded, safe="/:@!$&'()*+,;=-._~")
 
 
+def _navigating() -> bool:
+    """Whether the browser is loading a page (not an image, a script or an API call)."""
+    return request.headers.get("Sec-Fetch-Dest", "") in ("document", "iframe", "frame") or (
+        "Sec-Fetch-Dest" not in request.headers and "text/html" in request.headers.get("Accept", ""))
+
+
 def _is_websocket() -> bool:
     return (request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
             and "upgrade" in request.headers.get("Connection", "").lower())
@@ -455,9 +467,7 @@ def forward(target: Target) -> Response:
     """One HTTP exchange with the learner's server, streamed both ways."""
     machine, published = target.machine, target.published
     headers = _request_headers(target)
-    navigating = request.headers.get("Sec-Fetch-Dest", "") in ("document", "iframe", "frame") or (
-        "Sec-Fetch-Dest" not in request.headers and "text/html" in request.headers.get("Accept", ""))
-    if navigating:
+    if _navigating():
         # Pages come back uncompressed so their root-relative links can be kept under the prefix.
         headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [("Accept-Encoding", "identity")]
     body = _body_chunks()

@@ -87,6 +87,10 @@ def test_ports_are_listed_with_a_preview_address(server, web):
     assert f'href="{url}about.html"' in page.text
     assert requests.get(server.url + url + "about.html", timeout=30).text.strip() == "about-page"
     assert page.headers["Referrer-Policy"] == "no-referrer"
+    # A page opened with the lesson cookie continues at the keyed address.
+    opened = get(server, web, f"/s/{web['id']}/workstation/port/3000/about.html?a=1", token=False,
+                 headers={**BROWSER, "Cookie": f"berth_docker_images={web['id']}:{web['token']}"})
+    assert opened.status_code == 302 and opened.headers["Location"] == url + "about.html?a=1"
     colleague = get(server, web, f"/api/sessions/{web['id']}/ports").json()["machines"][1]
     assert colleague["name"] == "colleague" and colleague["ports"] == []
 
