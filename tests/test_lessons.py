@@ -195,3 +195,13 @@ def test_code_fences_carry_language_and_machine():
     assert html.startswith('<pre data-machine="colleague"><code class="language-sh">docker load -i my-web.tar')
     assert 'data-machine' not in render_markdown("```sh Not_A_Machine!\nls\n```")
     assert "&lt;h1&gt;" in render_markdown("```sh\necho '<h1>x</h1>'\n```")
+
+
+def test_every_check_kind_is_in_the_author_guide():
+    guide = (PROJECT_DIR / "docs" / "lessons.md").read_text()
+    for name, kind in KINDS.items():
+        heading = f"### `{name}`"
+        assert heading in guide, f"docs/lessons.md lacks {heading}"
+        section = guide.split(heading, 1)[1].split("\n### ", 1)[0]
+        for field in kind.params.model_fields:
+            assert f"`{field}`" in section, f"docs/lessons.md: {name} does not explain {field}"
