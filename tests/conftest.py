@@ -122,18 +122,25 @@ class BerthServer:
 def remove_instance(client: docker.DockerClient, instance_id: str) -> None:
     """Remove everything a Berth instance left on the engine (test clean-up)."""
     label = {"label": f"berth.instance={instance_id}"}
+
+    def quietly(action, *args, **kwargs) -> None:
+        try:
+            action(*args, **kwargs)
+        except docker.errors.NotFound:
+            pass  # already gone
+        except docker.errors.APIError as error:
+            if error.status_code != 409:  # "removal already in progress" is fine too
+                raise
+
     for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True, v=True)
+        quietly(container.remove, force=True, v=True)
     for network in client.networks.list(filters=label):
-        network.reload()
+        quietly(network.reload)
         for attached in network.attrs.get("Containers") or {}:
-            try:
-                network.disconnect(attached, force=True)
-            except docker.errors.APIError:
-                pass
-        network.remove()
+            quietly(network.disconnect, attached, force=True)
+        quietly(network.remove)
     for volume in client.volumes.list(filters=label):
-        volume.remove(force=True)
+        quietly(volume.remove, force=True)
 
 
 def labelled(client: docker.DockerClient, instance_id: str, role: str | None = None) -> list[str]:
