@@ -39,7 +39,8 @@ SHELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 PROMPT_MARKER = b"\x1b]7771;prompt\x07"  # printed by the machine's bashrc after each command
 STATE_MARKER = re.compile(rb"\x1b\]7771;shell=([a-z]+)\x07")
 CLEAR_SCREEN = b"\x1b[H\x1b[J"  # dtach clears the screen on attach; the page keeps its own
-DTACH_EOF = b"\r\n[EOF - dtach terminating]\r\n"
+# What dtach says when the shell ends, in the separate writes it makes.
+DTACH_EOF = re.compile(rb"\x1b\[999H\r\n|\[EOF - dtach terminating\]\r\n")
 MAX_COLS, MAX_ROWS = 1000, 500
 
 # Run in the machine by the attachment. Creates the shell under dtach unless it is already
@@ -140,8 +141,7 @@ class Shell:
                     self._first = False
                     if data.startswith(CLEAR_SCREEN):
                         data = data[len(CLEAR_SCREEN):]
-                if data.endswith(DTACH_EOF):
-                    data = data[:-len(DTACH_EOF)]
+                data = DTACH_EOF.sub(b"", data)
                 self._publish(data)
         except Exception:  # the pump must end through _finish, whatever happened
             log.exception("terminal %s: output pump failed", self.key)
@@ -511,7 +511,14 @@ class TerminalNamespace(Namespace):
     """`/terminal`: auth {session, token, machine[, shell, cols, rows, epoch, offset]};
     in: input, resize, ack; out: attached, output, notice, ended."""
 
+    def _settled(self) -> bool:
+        """True for a client that is neither connecting nor disconnecting: an event it
+        names "connect" or "disconnect" is then its own invention, and ignored."""
+        return self.socketio.server.manager.is_connected(request.sid, NAMESPACE)
+
     def on_connect(self, auth=None):
+        if self._settled():
+            return
         berth = current_app.extensions["berth"]
         if not berth.origins(request.headers.get("Origin"), request.environ):
             _refuse(403, "foreign_origin", "Terminals may only be opened from Berth's own pages.")
@@ -538,7 +545,8 @@ class TerminalNamespace(Namespace):
             _refuse(503, "engine_unavailable", error.message)
 
     def on_disconnect(self, reason=None):
-        _terminals().detach(request.sid)
+        if not self._settled():
+            _terminals().detach(request.sid)
 
     def on_input(self, data=None, seq=None, *_):
         if isinstance(data, str):
