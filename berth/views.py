@@ -319,8 +319,10 @@ def init_app(app: Flask) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         if response.mimetype == "text/html" and not request.path.startswith("/s/"):
+            # style-src 'unsafe-inline': xterm.js sizes and colours its cells with <style>
+            # elements it creates at run time, and takes no nonce. Scripts stay 'self' only.
             response.headers.setdefault(
                 "Content-Security-Policy",
-                "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-src 'self'; "
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-src 'self'; "
                 "frame-ancestors 'self'; base-uri 'none'; form-action 'self'")
         return response
