@@ -71,7 +71,10 @@ class Terminal:
                     self.prompts.append((start + match.end(), now))
             position = self.position
             self.lock.notify_all()
-        self.sio.emit("ack", position, namespace="/terminal")
+        try:
+            self.sio.emit("ack", position, namespace="/terminal")
+        except socketio.exceptions.BadNamespaceError:
+            pass  # output still arriving while the client closes
 
     def wait_prompt(self, after: int, timeout: float) -> float:
         """When the first prompt mark after `after` bytes of output arrived."""
