@@ -39,6 +39,7 @@
     const handle = {
       state: { name: "connecting", text: "connecting…" },
       terminal: term,
+      socket: null, // set below; tests use it
       fit,
       focus: () => term.focus(),
       type,
@@ -78,6 +79,8 @@
         });
       },
     });
+
+    handle.socket = socket;
 
     function sendAck() {
       clearTimeout(ackTimer);
