@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -201,6 +202,7 @@ def main(argv: list[str]) -> None:
             process.terminate()
             process.wait(30)
             remove_instance(data_dir)
+            shutil.rmtree(data_dir, ignore_errors=True)
     values = [max(0.0, latency) for _, latency in samples]
     early = sum(1 for _, latency in samples if latency < 0)
     print(f"\n{len(values)} ticks: median {1000 * statistics.median(values):.0f} ms, "
