@@ -18,7 +18,7 @@ import requests.exceptions
 from flask import Flask, request
 from flask_socketio import ConnectionRefusedError, Namespace, emit, join_room
 
-from .checks import OWN_EXEC_MARK, CheckProblem, Context, run_checks
+from .checks import OWN_EXEC_MARK, Context, run_checks
 from .lessons import Lesson
 from .machines import Machine, MachineError
 from .sessions import SessionError
@@ -217,19 +217,10 @@ class Checker:
     # --- a round
 
     def context(self, watch: Watch) -> Context:
-        def machine(name: str) -> Machine:
-            found = watch.machines.get(name)
-            if found is None:
-                raise CheckProblem(f"This session has no machine {name}.")
-            return found
-
-        def engine(machine: Machine):
-            try:
-                return self.berth.backend.engine(machine)
-            except SessionError as error:
-                raise CheckProblem(error.message) from None
-
-        return Context(machine, engine, self.berth.backend.exec, watch.cache, watch.own_execs)
+        """What the session's checks may reach: its machines (an unknown name is said as a
+        message by the context), their engines and commands in them."""
+        return Context(watch.machines.__getitem__, self.berth.backend.engine, self.berth.backend.exec,
+                       watch.cache, watch.own_execs)
 
     def _round(self, watch: Watch) -> None:
         with watch.round_lock:
