@@ -346,6 +346,8 @@ def init_app(app: Flask) -> Checker:
     berth.sessions.on_ready.append(checker.watch)
     berth.sessions.on_end.append(checker.forget)
     berth.subscribe("command", lambda session_id, machine=None: checker.request(session_id))
+    # a file uploaded or sent between machines (the save task's "share it") is checked at once
+    berth.subscribe("files", lambda session_id, machine=None: checker.request(session_id))
 
     def entered(session_id: str, machine: str | None = None) -> None:
         for delay in ENTER_DELAYS:
