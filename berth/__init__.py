@@ -53,6 +53,8 @@ class Berth:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscribers: dict[str, list[Callable[..., None]]] = defaultdict(list)
+        # typing in a terminal keeps a session from being reaped as idle
+        self.subscribe("enter", lambda session_id, machine=None: self.sessions.touch(session_id))
 
     # A small in-process event bus between the parts, e.g. the terminal bridge tells the
     # checker `notify("command", session_id, machine)` when a command has finished.

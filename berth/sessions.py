@@ -44,6 +44,7 @@ class Sessions:
         self.library = library
         self._create_lock = threading.Lock()
         self._starting: dict[str, threading.Thread] = {}
+        self._touched: dict[str, float] = {}
         # Called with a session id when its machines are ready / when it ends.
         self.on_ready: list[Callable[[str], None]] = []
         self.on_end: list[Callable[[str], None]] = []
@@ -125,11 +126,20 @@ class Sessions:
         if not hmac.compare_digest(record.token_hash, hash_token(token)):
             raise SessionError(403, "wrong_token", "That token does not belong to this session.")
         if time.time() - record.last_seen_at > TOUCH_EVERY:
-            self.store.touch(session_id)
+            self.touch(session_id)
         return record
+
+    def touch(self, session_id: str) -> None:
+        """The learner is active (an API call, a command typed): the session is not idle.
+        Written at most every TOUCH_EVERY seconds."""
+        now = time.time()
+        if now - self._touched.get(session_id, 0) > TOUCH_EVERY:
+            self._touched[session_id] = now
+            self.store.touch(session_id, now)
 
     def end(self, session_id: str) -> None:
         self.store.end_session(session_id)
+        self._touched.pop(session_id, None)
         thread = self._starting.get(session_id)
         if thread is not None:
             thread.join(READY_TIMEOUT)
