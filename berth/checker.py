@@ -18,11 +18,11 @@ import requests.exceptions
 from flask import Flask, request
 from flask_socketio import ConnectionRefusedError, Namespace, emit, join_room
 
-from .checks import OWN_EXEC_MARK, Context, run_checks
+from .checks import OWN_EXEC_MARK, Context, Facts, run_checks
 from .lessons import Lesson
 from .machines import Machine, MachineError
 from .sessions import SessionError
-from .store import TaskResult
+from .store import Store, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,20 @@ SYNC_EVERY = 1.0  # seconds between looks at sessions and machine states in the 
 ENTER_DELAYS = (1.0, 3.0)  # after Enter, look again: a command in a container's shell sends no prompt mark
 # Engine events that change nothing a check looks at (reads); the checks cause these too.
 QUIET_ACTIONS = {"archive-path", "top", "resize", "export"}
+
+
+class StoredFacts(Facts):
+    """Facts of one session in the progress store, so that a restart forgets nothing."""
+
+    def __init__(self, store: Store, session_id: str):
+        super().__init__()
+        self.store, self.session_id = store, session_id
+
+    def recall(self, kind: str, key: str) -> set[str]:
+        return self.store.facts(self.session_id, kind, key)
+
+    def remember(self, kind: str, key: str, value: str) -> None:
+        self.store.add_fact(self.session_id, kind, key, value)
 
 
 @dataclass
@@ -220,7 +234,7 @@ class Checker:
         """What the session's checks may reach: its machines (an unknown name is said as a
         message by the context), their engines and commands in them."""
         return Context(watch.machines.__getitem__, self.berth.backend.engine, self.berth.backend.exec,
-                       watch.cache, watch.own_execs)
+                       watch.cache, watch.own_execs, StoredFacts(self.berth.store, watch.session_id))
 
     def _round(self, watch: Watch) -> None:
         with watch.round_lock:

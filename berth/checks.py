@@ -62,6 +62,20 @@ class CheckProblem(Exception):
 
 # --- what a check may reach
 
+class Facts:
+    """What checks learn and must not forget while the session lasts: sets of values by
+    kind and key. This one lives in memory; the checker's keeps them in the progress store."""
+
+    def __init__(self):
+        self._values: dict[tuple[str, str], set[str]] = {}
+
+    def recall(self, kind: str, key: str) -> set[str]:
+        return set(self._values.get((kind, key), ()))
+
+    def remember(self, kind: str, key: str, value: str) -> None:
+        self._values.setdefault((kind, key), set()).add(value)
+
+
 class Context:
     """What the checks of one session may reach: each machine, its own engine, commands run
     in it, files in it and its published ports. Results fetched once per round are kept
@@ -69,7 +83,8 @@ class Context:
 
     def __init__(self, machine: Callable[[str], Machine], engine: Callable[[Machine], docker.DockerClient],
                  execute: Callable[..., ExecResult], session_cache: dict | None = None,
-                 own_execs: set[str] | None = None):
+                 own_execs: set[str] | None = None, facts: Facts | None = None):
+        self.facts = facts if facts is not None else Facts()
         self._machine = machine
         self._engine = engine
         self._execute = execute
@@ -207,8 +222,10 @@ def committed_images(ctx: Context, machine: str, container: str) -> tuple[list[d
     the ids seen under that name are remembered for the session, so that removing the
     container after committing it loses nothing."""
     attrs = ctx.container(machine, container)
-    seen = ctx.session_cache.setdefault(("container ids", ctx.machine(machine).container_id, container), set())
-    if attrs is not None:
+    key = f"{ctx.machine(machine).container_id}/{container}"
+    seen = ctx.facts.recall("container ids", key)
+    if attrs is not None and attrs["Id"] not in seen:
+        ctx.facts.remember("container ids", key, attrs["Id"])
         seen.add(attrs["Id"])
     images = [i for i in ctx.images(machine) if i.get("Container") in seen]
     return sorted(images, key=lambda i: i.get("Created", ""), reverse=True), attrs is not None

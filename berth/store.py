@@ -28,6 +28,13 @@ CREATE TABLE IF NOT EXISTS machines (
     message TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (session_id, name)
 );
+CREATE TABLE IF NOT EXISTS session_facts (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (session_id, kind, key, value)
+);
 CREATE TABLE IF NOT EXISTS task_results (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
     task_id TEXT NOT NULL,
@@ -168,6 +175,18 @@ class Store:
             "UPDATE sessions SET ended_at = ? WHERE id = ? AND ended_at IS NULL",
             (time.time(), session_id),
         )
+
+    # facts the checks learn along the way (say, which container ids a name had), kept so
+    # that a restart forgets nothing the learner did
+
+    def facts(self, session_id: str, kind: str, key: str) -> set[str]:
+        rows = self._run("SELECT value FROM session_facts WHERE session_id = ? AND kind = ? AND key = ?",
+                         (session_id, kind, key))
+        return {row["value"] for row in rows}
+
+    def add_fact(self, session_id: str, kind: str, key: str, value: str) -> None:
+        self._run("INSERT OR IGNORE INTO session_facts (session_id, kind, key, value) VALUES (?, ?, ?, ?)",
+                  (session_id, kind, key, value))
 
     # task results
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from berth import Berth
-from berth.checker import Checker, Watch
+from berth.checker import Checker, StoredFacts, Watch
 from berth.checks import Context, Finding, evaluate, run_checks
 from berth.config import Config
 
@@ -73,7 +73,9 @@ class Lab:
 
     def context(self) -> Context:
         machines = {m.name: m for m in self.berth.backend.machines(self.session_id)}
-        return Context(machines.__getitem__, self.berth.backend.engine, self.berth.backend.exec, self.cache)
+        # Facts come from the progress store each time, as after a restart of Berth.
+        return Context(machines.__getitem__, self.berth.backend.engine, self.berth.backend.exec, self.cache,
+                       facts=StoredFacts(self.berth.store, self.session_id))
 
     def check(self, kind: str, **params) -> list[Finding]:
         ctx = self.context()
@@ -254,6 +256,7 @@ def test_committed_images(lab):
 
 
 def test_a_committed_image_is_still_known_when_its_container_is_gone(lab):
+    # each check reads what it learnt from the store: this holds across a restart too
     lab.run("workstation", f"docker run -d --name short-lived {lab.base} true >/dev/null && docker commit short-lived gone:1")
     expect(lab.check("image", machine="workstation", committed_from="short-lived"),
            (True, "gone:1 was committed from short-lived"))
