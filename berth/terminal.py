@@ -14,6 +14,7 @@ import logging
 import queue
 import re
 import secrets
+import socket
 import threading
 import time
 from collections import deque
@@ -137,6 +138,7 @@ class Shell:
                 data = self.tty.read(CHUNK)
                 if not data:
                     break
+                data += self._more(CHUNK - len(data))
                 if self._first:
                     self._first = False
                     if data.startswith(CLEAR_SCREEN):
@@ -147,6 +149,20 @@ class Shell:
             log.exception("terminal %s: output pump failed", self.key)
         finally:
             self.terminals._finish(self)
+
+    def _more(self, size: int) -> bytes:
+        """What else is already waiting, without waiting: fewer, larger messages in a flood."""
+        more = b""
+        while size > 0:
+            try:
+                chunk = self.tty.sock.recv(size, socket.MSG_DONTWAIT)
+            except OSError:  # BlockingIOError: nothing more now
+                break
+            if not chunk:
+                break  # the end: the next read says so
+            more += chunk
+            size -= len(chunk)
+        return more
 
     def _has_room(self) -> bool:
         """Read more only when some viewer can take it (or none is attached: then the ring

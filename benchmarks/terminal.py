@@ -1,0 +1,201 @@
+"""Terminal benchmark: keystroke echo latency and output throughput through Berth's
+Socket.IO path, against the raw exec socket of the same machine (the physical limit),
+in one run. `./run bench terminal [--keys N] [--bytes N] [--rounds N]`.
+
+Method: a Berth server (`python app.py`, WebSocket transport, as the browser uses) with
+one session. Raw: a TTY exec of `bash -l` in the workstation machine through the host
+engine's API, read and written on the hijacked socket; the same through dtach (which
+keeps Berth's shells alive), to show what that costs. Berth: a /terminal client on one
+WebSocket (tests/terminal_client.py), acknowledging output as it arrives. Echo: type
+one character, wait for its echo, N times (the line is cleared every 50 keys, not
+timed). Throughput: run `head -c BYTES /dev/zero | base64` and time from Enter to the
+line printed after it, counting every byte received."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import websocket
+
+from tests.conftest import BerthServer, remove_instance
+from tests.terminal_client import TerminalClient
+
+PROMPT = re.compile(rb"# $")
+DONE = b"\r\nDONE-2\r\n"  # printed by `echo DONE-$((1+1))`, which the echoed command line does not contain
+
+
+class RawTty:
+    """bash in the machine on a raw exec socket, as Docker hands it out (through dtach
+    when `dtach` is set: the cost of keeping a shell alive across Berth restarts)."""
+
+    def __init__(self, api: docker.APIClient, container: str, dtach: bool = False):
+        keeper = "dtach -A /tmp/berth-bench.sock -E -z -r winch " if dtach else ""
+        command = ["sh", "-c", f"stty cols 120 rows 40; exec {keeper}bash -l"]
+        exec_id = api.exec_create(container, command, stdin=True, tty=True, detach_keys="ctrl-^,ctrl-^",
+                                  environment={"TERM": "xterm-256color", "LANG": "C.UTF-8"})["Id"]
+        response = api.exec_start(exec_id, tty=True, socket=True)
+        self.sock = getattr(response, "_sock", response)
+        self.sock.settimeout(None)
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> int:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("the shell ended")
+        self.buffer += chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self.write(b"exit\r")
+        self.sock.close()
+
+
+class BerthTty:
+    """The same shell through Berth: Socket.IO over one WebSocket, read in this thread."""
+
+    def __init__(self, url: str, auth: dict):
+        self.client = TerminalClient(url, auth)
+        self.buffer = bytearray(self.client.data)  # what came with the connection
+        self.received = len(self.buffer)
+        self.client.on_output = self._output
+
+    def _output(self, chunk: bytes, offset: int) -> None:
+        self.buffer += chunk
+        self.received += len(chunk)
+
+    def write(self, data: bytes) -> None:
+        self.client.send(data)
+
+    def read(self) -> int:
+        before = self.received
+        self.client.poll()
+        return self.received - before
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def read_until(tty, pattern: re.Pattern | bytes, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    regex = re.compile(re.escape(pattern)) if isinstance(pattern, bytes) else pattern
+    while not regex.search(tty.buffer[-4096:]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited for {regex.pattern!r}; got {bytes(tty.buffer[-300:])!r}")
+        tty.read()
+
+
+def echo_latency(tty, keys: int) -> list[float]:
+    """Seconds from writing a key to reading its echo, `keys` times."""
+    samples = []
+    for index in range(keys):
+        if index % 50 == 0:
+            tty.write(b"\x15")  # clear the line: readline redraws long ones
+            drain(tty)
+        tty.buffer.clear()
+        started = time.perf_counter()
+        tty.write(b"a")
+        while b"a" not in tty.buffer:
+            tty.read()
+        samples.append(time.perf_counter() - started)
+    tty.write(b"\x15")
+    return samples
+
+
+def drain(tty, quiet: float = 0.2) -> None:
+    """Read until nothing has come for `quiet` seconds."""
+    sock = tty.sock if isinstance(tty, RawTty) else tty.client.ws
+    sock.settimeout(quiet)
+    try:
+        while True:
+            tty.read()
+    except (TimeoutError, websocket.WebSocketTimeoutException):
+        pass
+    finally:
+        sock.settimeout(None)
+
+
+def throughput(tty, size: int) -> tuple[float, int]:
+    """(bytes per second, bytes) of `head -c size /dev/zero | base64` on the terminal."""
+    tty.buffer.clear()
+    tty.write(f"head -c {size} /dev/zero | base64; echo DONE-$((1+1))".encode())
+    time.sleep(0.3)
+    read_until(tty, b"DONE-$((1+1))")
+    tty.buffer.clear()
+    started = time.perf_counter()
+    tty.write(b"\r")
+    total = 0
+    while DONE not in tty.buffer[-4096:]:
+        total += tty.read()
+        if len(tty.buffer) > 1 << 20:
+            del tty.buffer[:-4096]
+    took = time.perf_counter() - started
+    read_until(tty, PROMPT)
+    return total / took, total
+
+
+def summary(name: str, samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    median = statistics.median(ordered) * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    print(f"  {name:6} echo: median {median:.2f} ms, p99 {p99:.2f} ms ({len(samples)} keys)")
+    return median, p99
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="./run bench terminal", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=500, help="keystrokes timed per path")
+    parser.add_argument("--bytes", type=int, default=50_000_000, help="bytes of zeros base64 encodes")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput runs per path (the best counts)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still clean up when stopped
+    engine = docker.from_env(timeout=120)
+    server = BerthServer(Path(tempfile.mkdtemp(prefix="berth-bench-")))
+    print("starting a Berth server and a session ...", flush=True)
+    server.start()
+    try:
+        session = server.create_session("docker-images")
+        container = f"berth-{session['id']}-workstation"
+        raw = RawTty(engine.api, container)
+        read_until(raw, PROMPT)
+        kept = RawTty(engine.api, container, dtach=True)
+        read_until(kept, PROMPT)
+        berth = BerthTty(server.url, {"session": session["id"], "token": session["token"],
+                                      "machine": "workstation", "cols": 120, "rows": 40})
+        read_until(berth, PROMPT)
+        print("keystroke echo:")
+        raw_echo = summary("raw", echo_latency(raw, args.keys))
+        berth_echo = summary("berth", echo_latency(berth, args.keys))
+        print(f"output throughput of head -c {args.bytes} /dev/zero | base64:")
+        best = {}
+        for round_ in range(args.rounds):
+            for name, tty in (("raw", raw), ("dtach", kept), ("berth", berth)):
+                rate, total = throughput(tty, args.bytes)
+                best[name] = max(best.get(name, 0.0), rate)
+                print(f"  round {round_ + 1} {name:6} {rate / 1e6:6.1f} MB/s ({total} bytes)", flush=True)
+        for tty in (raw, kept, berth):
+            tty.close()
+        server.delete_session(session)
+    finally:
+        server.stop()
+        remove_instance(engine, server.instance_id)
+    ratio = best["berth"] / best["raw"]
+    extra = berth_echo[0] - raw_echo[0]
+    print("result:")
+    print(f"  echo median: raw {raw_echo[0]:.2f} ms, Berth {berth_echo[0]:.2f} ms (+{extra:.2f} ms; target +2 ms or less): "
+          + ("met" if extra <= 2 else "NOT met"))
+    print(f"  echo p99:    raw {raw_echo[1]:.2f} ms, Berth {berth_echo[1]:.2f} ms")
+    print(f"  throughput:  raw {best['raw'] / 1e6:.1f} MB/s, Berth {best['berth'] / 1e6:.1f} MB/s "
+          f"({ratio:.0%} of raw; target 75% or more): " + ("met" if ratio >= 0.75 else "NOT met"))
+    print(f"  of which dtach alone (raw exec through dtach): {best['dtach'] / 1e6:.1f} MB/s "
+          f"({best['dtach'] / best['raw']:.0%} of raw); Berth is {best['berth'] / best['dtach']:.0%} of that")
