@@ -382,6 +382,12 @@ class Terminals:
             log.warning("terminal %s: %s (%s)", key, error.message, error.detail)
             raise TerminalError(503, "terminal_unavailable", error.message) from None
         state, initial = _handshake(tty)
+        if state == "existing":
+            # Running since before this Berth: make its programs repaint (the prompt line,
+            # a full-screen editor). They do on a change of size, and only then.
+            tty.resize(cols, max(1, rows - 1))
+            time.sleep(0.05)
+            tty.resize(cols, rows)
         if state in ("new", "existing"):
             log.info("terminal %s: %s shell attached", key, state)
             return Shell(self, key, machine, tty, state, initial, cols, rows)

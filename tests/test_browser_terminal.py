@@ -15,6 +15,8 @@ from playwright.sync_api import Page, sync_playwright
 
 from berth.config import Config
 
+from .conftest import BerthServer, remove_instance
+
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -227,6 +229,34 @@ def test_each_machine_has_its_own_terminal(lesson, shots):
     wait_screen(lesson, r"^colleague$", machine="colleague")
     assert not re.search(r"^colleague$", screen(lesson, "workstation"), re.M)
     lesson.screenshot(path=str(shots / "colleague.png"))
+
+
+def test_a_server_restart_reconnects_to_the_same_shell(browser, engine, tmp_path):
+    berth = BerthServer(tmp_path / "restart").start()
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(berth.url + "/lessons/docker-images")
+        wait_connected(page)
+        page.click("#terminals .terminal-host:not([hidden])")
+        wait_prompt(page)
+        type_line(page, "cd /tmp; echo pid=$$")
+        pid = wait_screen(page, r"^pid=(\d+)$").group(1)
+        berth.stop()
+        page.wait_for_function("() => window.BerthPage.terminals.workstation.state.name === 'reconnecting'", timeout=30000)
+        page.screenshot(path=str(tmp_path / "restart-reconnecting.png"))
+        berth.start()
+        wait_connected(page, timeout=120)
+        wait_screen(page, r"\[Reconnected to your shell\.\]")
+        type_line(page, "echo again=$$ in $PWD")
+        wait_screen(page, rf"^again={pid} in /tmp$")
+        assert len(re.findall(rf"^pid={pid}$", screen(page), re.M)) == 1
+        page.screenshot(path=str(tmp_path / "restart-reconnected.png"))
+        print(f"screenshots in {tmp_path}")
+    finally:
+        context.close()
+        berth.stop()
+        remove_instance(engine, berth.instance_id)
 
 
 def test_run_button_types_into_the_terminal(lesson):
