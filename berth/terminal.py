@@ -83,6 +83,7 @@ class Viewer:
     sent: int  # offset of the next byte to send
     acked: int  # offset up to which the browser has processed output
     next_seq: int = 0  # the input/resize sequence number expected next
+    since: float = field(default_factory=time.monotonic)
     early: dict[int, tuple] = field(default_factory=dict)  # messages that overtook others
 
 
@@ -455,6 +456,7 @@ class Terminals:
             with self._lock:
                 shells = list(self.shells.values())
             for shell in shells:
+                self._forget_gone_viewers(shell, now)
                 idle = shell.idle_since
                 if idle is not None and now - idle >= linger and not shell.closed:
                     log.info("terminal %s: no browser for %d s, ending the shell", shell.key, linger)
@@ -462,6 +464,18 @@ class Terminals:
                         self.end_shell(shell, "linger")
                     except Exception:
                         log.exception("terminal %s: ending failed", shell.key)
+
+    def _forget_gone_viewers(self, shell: Shell, now: float) -> None:
+        """A viewer whose connection went without a disconnect event would keep its shell
+        from ever lingering out."""
+        manager = self.socketio.server.manager
+        with shell.cond:
+            gone = [v.sid for v in shell.viewers.values()
+                    if now - v.since > 60 and not manager.is_connected(v.sid, NAMESPACE)]
+        for sid in gone:
+            log.info("terminal %s: forgetting viewer %s, its connection is gone", shell.key, sid)
+            self.detach(sid)
+            shell.remove_viewer(sid)
 
     def stop(self) -> None:
         self._stop.set()
@@ -565,6 +579,11 @@ class TerminalNamespace(Namespace):
         except MachineError as error:
             log.warning("terminal: %s (%s)", error.message, error.detail)
             _refuse(503, "engine_unavailable", error.message)
+        except ConnectionRefusedError:
+            raise
+        except Exception:  # an answer, whatever went wrong: never a connection left hanging
+            log.exception("terminal: connecting %s/%s failed", session_id, machine)
+            _refuse(503, "terminal_unavailable", "The terminal could not be opened; Berth logged why.")
 
     def on_disconnect(self, reason=None):
         if not self._settled():
