@@ -84,9 +84,10 @@ class CertificateAuthority:
     def ca_pem(self) -> bytes:
         return self._cert.public_bytes(serialization.Encoding.PEM)
 
-    def server_certificate(self, name: str, address: str) -> ServerCertificate:
-        """A certificate for a machine's engine, valid for its name and network address."""
-        sans: list[x509.GeneralName] = [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(address))]
+    def server_certificate(self, name: str, addresses: list[str]) -> ServerCertificate:
+        """A certificate for a machine's engine, valid for its name and network addresses."""
+        sans: list[x509.GeneralName] = [x509.DNSName(name)]
+        sans += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
         cert, key = self._issue(name, sans, ExtendedKeyUsageOID.SERVER_AUTH)
         return ServerCertificate(self.ca_pem, cert, key)
 

@@ -303,12 +303,20 @@ class DockerMachines(MachineBackend):
 
     def create_session(self, session_id: str, names: list[str]) -> list[Machine]:
         try:
-            network, subnet = self._create_network(session_id)
-            hosts = list(subnet.hosts())
+            network, hosts = self._create_network(f"berth-{session_id}", session_id)
+            self._connect(self.mirror_container, network, hosts[1], [MIRROR_ALIAS])
+            reach, reach_hosts = None, []
+            if self._self_container:
+                # Berth in a container reaches the machines over an internal network it
+                # shares with them alone. Joining the session's own network instead would
+                # make that network Berth's default gateway (the engine picks one by name)
+                # and move Berth's published port onto it; internal networks never are.
+                reach, reach_hosts = self._create_network(f"berth-{session_id}-reach", session_id, internal=True)
+                self._connect(self._self_container, reach, reach_hosts[1], ["berth"])
             with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
                 futures = [
-                    pool.submit(self._create_machine, session_id, name, network,
-                                str(hosts[9 + index]), self.profile)
+                    pool.submit(self._create_machine, session_id, name, network, str(hosts[9 + index]),
+                                self.profile, (reach, str(reach_hosts[9 + index])) if reach else None)
                     for index, name in enumerate(names)
                 ]
                 return [future.result() for future in futures]
@@ -320,8 +328,9 @@ class DockerMachines(MachineBackend):
                 raise MachineError("The machines could not be created.", str(error)) from error
             raise
 
-    def _create_network(self, session_id: str):
-        """A private bridge network of the session's own, in the configured pool."""
+    def _create_network(self, name: str, session_id: str, internal: bool = False):
+        """A private bridge network of the session's own, with a /27 of the configured
+        pool; returns the network and the subnet's host addresses (gateway first)."""
         pool = ipaddress.ip_network(self.config.network_pool)
         with self._network_lock:
             for attempt in range(5):
@@ -345,30 +354,29 @@ class DockerMachines(MachineBackend):
                 hosts = list(subnet.hosts())
                 try:
                     network = self.host.networks.create(
-                        f"berth-{session_id}", driver="bridge", check_duplicate=True,
+                        name, driver="bridge", check_duplicate=True, internal=internal,
                         ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(hosts[0]))]),
                         labels=self._labels(session_id, "network"),
                     )
-                    break
+                    return network, hosts
                 except docker.errors.APIError as error:
                     if "overlap" in str(error).lower() and attempt < 4:
                         continue  # another Berth took it meanwhile
                     raise
-        for container, address, alias in (
-            (self.mirror_container, hosts[1], [MIRROR_ALIAS]),
-            (self._self_container, hosts[2], ["berth"]),
-        ):
-            if container:
-                try:
-                    network.connect(container, ipv4_address=str(address), aliases=alias)
-                except docker.errors.APIError as error:
-                    log.warning("could not connect %s to %s: %s", container[:12], network.name, error)
-        return network, subnet
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _connect(container: str | None, network, address, aliases: list[str]) -> None:
+        if container:
+            try:
+                network.connect(container, ipv4_address=str(address), aliases=aliases)
+            except docker.errors.APIError as error:
+                log.warning("could not connect %s to %s: %s", container[:12], network.name, error)
 
     def _create_machine(self, session_id: str, name: str, network, address: str | None,
-                        profile: dict) -> Machine:
+                        profile: dict, reach: tuple | None = None) -> Machine:
         try:
-            return self._create_machine_unchecked(session_id, name, network, address, profile)
+            return self._create_machine_unchecked(session_id, name, network, address, profile, reach)
         except docker.errors.ImageNotFound:
             raise MachineError(
                 f"The machine image {self.config.machine_image} is missing; ./run builds it.",
@@ -377,7 +385,7 @@ class DockerMachines(MachineBackend):
             raise MachineError(f"The machine {name} could not be created.", str(error)) from None
 
     def _create_machine_unchecked(self, session_id: str, name: str, network, address: str | None,
-                                  profile: dict) -> Machine:
+                                  profile: dict, reach: tuple | None) -> Machine:
         api = self.host.api
         disk = api.create_volume(f"berth-{session_id}-{name}-disk",
                                  labels=self._labels(session_id, "disk", name))
@@ -411,8 +419,13 @@ class DockerMachines(MachineBackend):
             host_config=host_config, networking_config=networking, detach=True,
         )
         container_id = created["Id"]
-        if address:
-            cert = self.authority.server_certificate(name, address)
+        addresses = [address] if address else []
+        if reach:
+            reach_network, reach_address = reach
+            api.connect_container_to_network(container_id, reach_network.id, ipv4_address=reach_address)
+            addresses.insert(0, reach_address)  # Berth's way in
+        if addresses:
+            cert = self.authority.server_certificate(name, addresses)
             api.put_archive(container_id, "/etc/berth/tls", _tar({
                 "ca.pem": cert.ca_pem, "cert.pem": cert.cert_pem, "key.pem": cert.key_pem,
             }))
@@ -420,7 +433,7 @@ class DockerMachines(MachineBackend):
             api.start(container_id)
         except docker.errors.APIError as error:
             raise MachineError(f"The machine {name} could not start.", str(error)) from None
-        return Machine(session_id, name, container_id, address or "", "running",
+        return Machine(session_id, name, container_id, addresses[0] if addresses else "", "running",
                        self._labels(session_id, "machine", name))
 
     def machines(self, session_id: str | None = None) -> list[Machine]:
@@ -428,7 +441,8 @@ class DockerMachines(MachineBackend):
         for container in self.host.containers.list(all=True, filters=self._filters(session_id, "machine")):
             labels = container.labels
             networks = container.attrs["NetworkSettings"]["Networks"] or {}
-            net = networks.get(f"berth-{labels[LABEL_SESSION]}") or {}
+            session = labels[LABEL_SESSION]
+            net = networks.get(f"berth-{session}-reach") or networks.get(f"berth-{session}") or {}
             address = (net.get("IPAMConfig") or {}).get("IPv4Address") or net.get("IPAddress") or ""
             found.append(Machine(labels[LABEL_SESSION], labels[LABEL_MACHINE], container.id,
                                  address, container.status, dict(labels)))

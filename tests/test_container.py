@@ -64,16 +64,19 @@ def test_a_session_through_berth_in_a_container(engine, berth_container):
     assert created.status_code == 201, created.text
     session = created.json()
     assert [m["status"] for m in session["machines"]] == ["ready", "ready"], session
-    # Berth joined the session's network to reach the machines' engines
+    # Berth joined an internal network of the session's to reach the machines' engines,
+    # and still answers on its published port
     container.reload()
-    assert f"berth-{session['id']}" in container.attrs["NetworkSettings"]["Networks"]
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    assert f"berth-{session['id']}-reach" in networks and f"berth-{session['id']}" not in networks
+    assert requests.get(url + "/healthz", timeout=10).status_code == 200
     code, out = in_machine(engine, session, "workstation", "docker info --format '{{.ID}}'")
     assert code == 0 and out.strip() != engine.info()["ID"]
     checked = requests.post(f"{url}/api/sessions/{session['id']}/check",
                             headers={"Authorization": f"Bearer {session['token']}"}, timeout=60)
     assert checked.status_code == 200 and len(checked.json()["tasks"]) == 5
     # the machines cannot use Berth although it now sits on their network
-    berth_ip = container.attrs["NetworkSettings"]["Networks"][f"berth-{session['id']}"]["IPAddress"]
+    berth_ip = networks[f"berth-{session['id']}-reach"]["IPAddress"]
     code, out = in_machine(engine, session, "workstation", f"curl -sS --max-time 3 http://{berth_ip}:5000/api/lessons")
     assert "from_machine" in out and '"lessons"' not in out, out
     deleted = requests.delete(f"{url}/api/sessions/{session['id']}",
