@@ -3,6 +3,7 @@ Berth server and real learner machines."""
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import re
 import threading
@@ -15,7 +16,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from berth.config import Config
 
-from .conftest import BerthServer, remove_instance
+from .conftest import BerthServer, in_machine, remove_instance
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
 
@@ -257,6 +258,21 @@ def test_a_server_restart_reconnects_to_the_same_shell(browser, engine, tmp_path
         context.close()
         berth.stop()
         remove_instance(engine, berth.instance_id)
+
+
+def test_a_paste_larger_than_a_message_arrives_whole(lesson, engine):
+    """1.5 MB through xterm.js's paste: more than Engine.IO's 1 MB message limit."""
+    wait_prompt(lesson)
+    lines = [f"{i:07d} " + "abcdefghijklmnopqrstuvwxyz0123456789" * 2 for i in range(18_000)]
+    text = "\n".join(lines) + "\n"
+    expected = text.replace("\n", "\r").encode()  # xterm.js pastes Enter as CR; raw mode keeps it
+    type_line(lesson, f"stty raw -echo; head -c {len(expected)} > /tmp/pasted; stty sane; echo pasted-$((1+1))")
+    lesson.wait_for_timeout(500)
+    lesson.evaluate("(text) => window.BerthPage.terminals.workstation.terminal.paste(text)", text)
+    wait_screen(lesson, r"^pasted-2$", timeout=60)
+    session = {"id": lesson.eval_on_selector("#lesson", "el => el.dataset.session")}
+    code, out = in_machine(engine, session, "workstation", "sha256sum < /tmp/pasted")
+    assert out.split()[0] == hashlib.sha256(expected).hexdigest(), out
 
 
 def test_run_button_types_into_the_terminal(lesson):
