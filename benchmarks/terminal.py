@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -189,6 +190,7 @@ def main(argv: list[str]) -> None:
     finally:
         server.stop()
         remove_instance(engine, server.instance_id)
+        shutil.rmtree(server.data_dir, ignore_errors=True)
     ratio = best["berth"] / best["raw"]
     extra = berth_echo[0] - raw_echo[0]
     print("result:")
