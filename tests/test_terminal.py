@@ -520,6 +520,17 @@ def test_keystrokes_arrive_in_order(server, lesson_session):
 
 
 @pytest.mark.engine
+def test_an_idle_terminal_stays_up(server, lesson_session):
+    """Longer than the Docker client's 60 s socket timeout and a few Socket.IO pings."""
+    term = Remote(server.url, remote_auth(lesson_session))
+    term.wait_for(rb"# $")
+    time.sleep(65)
+    assert not term.closed and term.ended is None
+    assert term.run("echo still-up").strip() == "still-up"
+    term.close()
+
+
+@pytest.mark.engine
 def test_a_server_restart_keeps_the_shell(engine, tmp_path):
     """Berth restarts: the page reconnects to the same bash, with its directory and jobs."""
     berth = BerthServer(tmp_path / "restart").start()
