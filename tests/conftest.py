@@ -58,7 +58,11 @@ class BerthServer:
         self.process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "app.py")], env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
         if wait:
-            self.wait_healthy()
+            try:
+                self.wait_healthy()
+            except BaseException:
+                self.stop()  # a server that never got healthy is not left running
+                raise
         return self
 
     def wait_healthy(self, timeout: float = READY_TIMEOUT) -> dict:
