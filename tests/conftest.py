@@ -17,10 +17,24 @@ from pathlib import Path
 import docker
 import pytest
 import requests
+from playwright.sync_api import Browser, sync_playwright
 
 from berth.config import PROJECT_DIR, Config
 
 READY_TIMEOUT = 120
+
+# Debian's Chromium, headless as root: no sandbox, and no background connections, which
+# this machine's closed network refuses and Chromium then waits on.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+# The text of a machine's terminal on the lesson page, as xterm.js holds it (scrollback too).
+SCREEN_TEXT_JS = """(machine) => {
+  const buffer = window.BerthPage.terminals[machine].terminal.buffer.active;
+  const lines = [];
+  for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
+  return lines.join("\\n");
+}"""
 
 
 def free_port() -> int:
@@ -165,6 +179,15 @@ def engine() -> docker.DockerClient:
     except Exception as error:  # noqa: BLE001 - any failure here means the same thing
         pytest.fail(f"no Docker engine answers ({error}); ./run test starts one", pytrace=False)
     return client
+
+
+@pytest.fixture(scope="session")
+def browser() -> Browser:
+    """One headless Chromium (Debian's) for every browser test; pages are their own."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture(scope="session")

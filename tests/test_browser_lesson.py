@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from berth.config import PROJECT_DIR
 from berth.lessons import load_lesson
 
+from .conftest import SCREEN_TEXT_JS
+
 pytestmark = [pytest.mark.engine, pytest.mark.browser]
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SHOTS = Path(os.environ.get("BERTH_SCREENSHOTS", PROJECT_DIR / "instance" / "screenshots"))
 
 # Order of ticks as the page shows them, recorded in the page itself.
@@ -33,20 +33,12 @@ RECORD_TICKS = """() => {
   }).observe(document.getElementById("lesson"), {subtree: true, attributes: true, attributeFilter: ["data-status"]});
 }"""
 
-SCREEN_TEXT = """(machine) => {
-  const buffer = window.BerthPage.terminals[machine].terminal.buffer.active;
-  const lines = [];
-  for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
-  return lines.join("\\n");
-}"""
-
-
 class Learner:
     def __init__(self, page: Page):
         self.page = page
 
     def screen(self, machine: str) -> str:
-        return self.page.evaluate(SCREEN_TEXT, machine)
+        return self.page.evaluate(SCREEN_TEXT_JS, machine)
 
     def prompts(self, machine: str) -> int:
         return self.screen(machine).count(f"root@{machine}:~#")
@@ -72,62 +64,60 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"lesson-{name}.png"))
 
 
-def test_the_whole_lesson_typed_into_the_page(server):
+def test_the_whole_lesson_typed_into_the_page(server, browser):
     base = requests.get(server.url + "/healthz", timeout=10).json()["base_image"]
     lesson = load_lesson(PROJECT_DIR / "lessons" / "docker-images", {"BERTH_BASE_IMAGE": base})
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(server.url + "/lessons/docker-images")
-            for machine in lesson.machines:
-                expect(page.locator(f".machine-state[data-machine={machine}]")).to_have_attribute(
-                    "data-status", "ready", timeout=90_000)
-            expect(page.locator("#connection")).to_have_attribute("data-state", "connected", timeout=30_000)
-            expect(page.locator("#progress")).to_have_text("0 of 5 tasks done", timeout=15_000)
-            expect(page.locator("#lesson")).to_contain_text(f"docker run -dit --name ubuntu001 -e VAR1=ubuntu "
-                                                             f"-e VAR2=webserver -p 3000:3000 {base} bash")
-            page.evaluate(RECORD_TICKS)
-            learner = Learner(page)
-            for machine in lesson.machines:  # both shells are up
-                deadline = time.monotonic() + 30
-                while learner.prompts(machine) < 1:
-                    assert time.monotonic() < deadline, learner.screen(machine)
-                    time.sleep(0.2)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    try:
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/lessons/docker-images")
+        for machine in lesson.machines:
+            expect(page.locator(f".machine-state[data-machine={machine}]")).to_have_attribute(
+                "data-status", "ready", timeout=90_000)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "connected", timeout=30_000)
+        expect(page.locator("#progress")).to_have_text("0 of 5 tasks done", timeout=15_000)
+        expect(page.locator("#lesson")).to_contain_text(f"docker run -dit --name ubuntu001 -e VAR1=ubuntu "
+                                                         f"-e VAR2=webserver -p 3000:3000 {base} bash")
+        page.evaluate(RECORD_TICKS)
+        learner = Learner(page)
+        for machine in lesson.machines:  # both shells are up
+            deadline = time.monotonic() + 30
+            while learner.prompts(machine) < 1:
+                assert time.monotonic() < deadline, learner.screen(machine)
+                time.sleep(0.2)
 
-            # A wrong first attempt: VAR2 forgotten, port 3000 sent to the container's port 80.
-            learner.type("workstation", f"docker run -dit --name ubuntu001 -e VAR1=ubuntu -p 3000:80 {base} bash")
-            run = learner.task("run")
-            feedback = run.locator(".feedback")
-            expect(feedback.locator("li.missing", has_text="VAR2 is not set in ubuntu001")).to_be_visible(timeout=10_000)
-            expect(feedback.locator("li.missing", has_text="Port 3000 leads to the container's port 80, not 3000")) \
-                .to_be_visible()
-            expect(feedback.locator("li.ok", has_text="ubuntu001 is running.")).to_be_visible()
-            expect(run).to_have_attribute("data-status", "pending")
-            run.scroll_into_view_if_needed()
-            shot(page, "1-wrong-first-attempt")
+        # A wrong first attempt: VAR2 forgotten, port 3000 sent to the container's port 80.
+        learner.type("workstation", f"docker run -dit --name ubuntu001 -e VAR1=ubuntu -p 3000:80 {base} bash")
+        run = learner.task("run")
+        feedback = run.locator(".feedback")
+        expect(feedback.locator("li.missing", has_text="VAR2 is not set in ubuntu001")).to_be_visible(timeout=10_000)
+        expect(feedback.locator("li.missing", has_text="Port 3000 leads to the container's port 80, not 3000")) \
+            .to_be_visible()
+        expect(feedback.locator("li.ok", has_text="ubuntu001 is running.")).to_be_visible()
+        expect(run).to_have_attribute("data-status", "pending")
+        run.scroll_into_view_if_needed()
+        shot(page, "1-wrong-first-attempt")
 
-            learner.type("workstation", "docker rm -f ubuntu001")
-            for task in lesson.tasks:
-                for step in task.solution:
-                    learner.type(step.machine, step.run)
-                expect(learner.task(task.id)).to_have_attribute("data-status", "done", timeout=30_000)
-                expect(page.locator(f"#tasklist li[data-task={task.id}]")).to_have_attribute("data-status", "done")
-                if task.id == "run":
-                    expect(feedback.locator("li.missing")).to_have_count(0)
-                    shot(page, "2-first-task-done")
+        learner.type("workstation", "docker rm -f ubuntu001")
+        for task in lesson.tasks:
+            for step in task.solution:
+                learner.type(step.machine, step.run)
+            expect(learner.task(task.id)).to_have_attribute("data-status", "done", timeout=30_000)
+            expect(page.locator(f"#tasklist li[data-task={task.id}]")).to_have_attribute("data-status", "done")
+            if task.id == "run":
+                expect(feedback.locator("li.missing")).to_have_count(0)
+                shot(page, "2-first-task-done")
 
-            assert page.evaluate("window.tickOrder") == ["run", "customize", "commit", "save", "load"]
-            expect(page.locator("#progress")).to_have_text("5 of 5 tasks done")
-            assert "<h1>Hello from my own image</h1>" in learner.screen("colleague")
-            learner.task("load").scroll_into_view_if_needed()
-            shot(page, "3-all-done")
+        assert page.evaluate("window.tickOrder") == ["run", "customize", "commit", "save", "load"]
+        expect(page.locator("#progress")).to_have_text("5 of 5 tasks done")
+        assert "<h1>Hello from my own image</h1>" in learner.screen("colleague")
+        learner.task("load").scroll_into_view_if_needed()
+        shot(page, "3-all-done")
 
-            # A reload shows the same: done stays done.
-            page.reload()
-            expect(page.locator("#tasklist li[data-status=done]")).to_have_count(5, timeout=15_000)
-            assert not errors, errors
-        finally:
-            browser.close()
+        # A reload shows the same: done stays done.
+        page.reload()
+        expect(page.locator("#tasklist li[data-status=done]")).to_have_count(5, timeout=15_000)
+        assert not errors, errors
+    finally:
+        page.close()

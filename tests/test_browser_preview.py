@@ -9,24 +9,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from .machine_web import build_web_image, run_nginx, sh, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.browser]
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 PAGE = "<h1>Hello from ubuntu001</h1><p>Served by nginx in the workstation.</p><a href='/about.html'>About</a>"
 SHOTS = Path(os.environ.get("BERTH_SCREENSHOTS", "/tmp/berth-screenshots"))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -12,33 +12,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from berth.config import Config
 
-from .conftest import BerthServer, in_machine, remove_instance
+from .conftest import SCREEN_TEXT_JS, BerthServer, in_machine, remove_instance
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-# The text of a machine's terminal, as xterm.js holds it (scrollback included).
-SCREEN_JS = """(machine) => {
-  const buffer = window.BerthPage.terminals[machine].terminal.buffer.active;
-  const lines = [];
-  for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
-  return lines.join("\\n");
-}"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
@@ -73,7 +53,7 @@ def wait_connected(page: Page, machine: str = "workstation", timeout: float = 90
 
 
 def screen(page: Page, machine: str = "workstation") -> str:
-    return page.evaluate(SCREEN_JS, machine)
+    return page.evaluate(SCREEN_TEXT_JS, machine)
 
 
 def wait_screen(page: Page, pattern: str, timeout: float = 20, machine: str = "workstation") -> re.Match:
