@@ -31,6 +31,7 @@ import socketio
 
 from berth.config import PROJECT_DIR
 from berth.lessons import load_lesson
+from berth.machines import remove_instance
 
 PROMPT = b"\x1b]7771;prompt\x07"
 SLUG = "docker-images"
@@ -201,7 +202,7 @@ def main(argv: list[str]) -> None:
         if process is not None:
             process.terminate()
             process.wait(30)
-            remove_instance(data_dir)
+            remove_berth(data_dir)
             shutil.rmtree(data_dir, ignore_errors=True)
     values = [max(0.0, latency) for _, latency in samples]
     early = sum(1 for _, latency in samples if latency < 0)
@@ -213,18 +214,11 @@ def main(argv: list[str]) -> None:
         print(f"  {task.id:<10} median {1000 * statistics.median(mine):6.0f} ms  max {1000 * max(mine):6.0f} ms")
 
 
-def remove_instance(data_dir: Path) -> None:
+def remove_berth(data_dir: Path) -> None:
     """Remove what the benchmark's own Berth left on the engine (its mirror), by its label."""
     db = sqlite3.connect(data_dir / "berth.sqlite3")
     try:
         instance = db.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()[0]
     finally:
         db.close()
-    client = docker.from_env()
-    label = {"label": f"berth.instance={instance}"}
-    for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True, v=True)
-    for network in client.networks.list(filters=label):
-        network.remove()
-    for volume in client.volumes.list(filters=label):
-        volume.remove(force=True)
+    remove_instance(docker.from_env(), instance)

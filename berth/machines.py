@@ -656,3 +656,28 @@ def _read_multiplexed(sock: socket.socket) -> bytes:
         out += data[index + 8:index + 8 + size]
         index += 8 + size
     return bytes(out)
+
+
+def remove_instance(client: docker.DockerClient, instance_id: str) -> None:
+    """Remove everything labelled with a Berth instance: its machines, disks, networks and
+    mirror. For what runs a Berth of its own for a while (tests, benchmarks, self-tests)."""
+    label = {"label": f"{LABEL_INSTANCE}={instance_id}"}
+
+    def quietly(action, *args, **kwargs) -> None:
+        try:
+            action(*args, **kwargs)
+        except docker.errors.NotFound:
+            pass  # already gone
+        except docker.errors.APIError as error:
+            if error.status_code != 409:  # "removal already in progress" is fine too
+                raise
+
+    for container in client.containers.list(all=True, filters=label):
+        quietly(container.remove, force=True, v=True)
+    for network in client.networks.list(filters=label):
+        quietly(network.reload)
+        for attached in network.attrs.get("Containers") or {}:
+            quietly(network.disconnect, attached, force=True)
+        quietly(network.remove)
+    for volume in client.volumes.list(filters=label):
+        quietly(volume.remove, force=True)

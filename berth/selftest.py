@@ -20,7 +20,7 @@ from pathlib import Path
 from .checker import Checker
 from .checks import run_checks
 from .config import Config
-from .machines import MachineError
+from .machines import MachineError, remove_instance
 
 DONE_WITHIN = 30.0  # seconds a task may take to show as done after its solution ran
 STEP_TIMEOUT = 600  # seconds one solution step may run
@@ -119,18 +119,6 @@ def selftest_lesson(berth, checker: Checker, slug: str, wait: float = DONE_WITHI
         berth.sessions.end(record.id)
 
 
-def remove_instance(berth) -> None:
-    """Remove what this self-test's Berth made on the engine (its mirror, leftovers)."""
-    host = berth.backend.host
-    label = {"label": f"berth.instance={berth.instance_id}"}
-    for container in host.containers.list(all=True, filters=label):
-        container.remove(force=True, v=True)
-    for network in host.networks.list(filters=label):
-        network.remove()
-    for volume in host.volumes.list(filters=label):
-        volume.remove(force=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m berth.selftest", description=__doc__.split("\n\n")[0])
     parser.add_argument("slugs", nargs="*", metavar="SLUG", help="lessons to test (default: all)")
@@ -165,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         checker.stop()
         try:
-            remove_instance(berth)
+            remove_instance(berth.backend.host, berth.instance_id)
         except Exception as error:  # noqa: BLE001 - clean-up is best effort, and said
             print(f"(could not remove everything this self-test made: {error})", file=sys.stderr)
         berth.store.close()

@@ -20,8 +20,10 @@ import requests
 from playwright.sync_api import Browser, sync_playwright
 
 from berth.config import PROJECT_DIR, Config
+from berth.machines import remove_instance
 
 READY_TIMEOUT = 120
+__all__ = ["BerthServer", "remove_instance"]  # remove_instance: for the tests that import it from here
 
 # Debian's Chromium, headless as root: no sandbox, and no background connections, which
 # this machine's closed network refuses and Chromium then waits on.
@@ -135,30 +137,6 @@ class BerthServer:
     def delete_session(self, session: dict) -> requests.Response:
         return requests.delete(f"{self.url}/api/sessions/{session['id']}",
                                headers={"Authorization": f"Bearer {session['token']}"}, timeout=120)
-
-
-def remove_instance(client: docker.DockerClient, instance_id: str) -> None:
-    """Remove everything a Berth instance left on the engine (test clean-up)."""
-    label = {"label": f"berth.instance={instance_id}"}
-
-    def quietly(action, *args, **kwargs) -> None:
-        try:
-            action(*args, **kwargs)
-        except docker.errors.NotFound:
-            pass  # already gone
-        except docker.errors.APIError as error:
-            if error.status_code != 409:  # "removal already in progress" is fine too
-                raise
-
-    for container in client.containers.list(all=True, filters=label):
-        quietly(container.remove, force=True, v=True)
-    for network in client.networks.list(filters=label):
-        quietly(network.reload)
-        for attached in network.attrs.get("Containers") or {}:
-            quietly(network.disconnect, attached, force=True)
-        quietly(network.remove)
-    for volume in client.volumes.list(filters=label):
-        quietly(volume.remove, force=True)
 
 
 def labelled(client: docker.DockerClient, instance_id: str, role: str | None = None) -> list[str]:
