@@ -90,11 +90,12 @@ class Setup:
         if self.has(DEBIAN_BASE) or self.pull(DEBIAN_BASE):
             return
         if subprocess.run(["which", "debootstrap"], capture_output=True).returncode != 0:
-            _say("installing debootstrap (Debian package) ...")
+            _say("installing debootstrap (Debian package; log: /var/log/berth-apt.log) ...")
             env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-            subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-            subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+            with open("/var/log/berth-apt.log", "ab") as apt_log:
+                for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "debootstrap"]):
+                    if subprocess.run(command, env=env, stdout=apt_log, stderr=subprocess.STDOUT).returncode:
+                        raise SystemExit("berth: installing debootstrap failed; see /var/log/berth-apt.log")
         with tempfile.TemporaryDirectory(prefix="berth-rootfs-") as root:
             _say(f"no registry answers: building {DEBIAN_BASE} from Debian packages with "
                  "debootstrap (about 30 s) ...")

@@ -22,9 +22,9 @@ ensure_engine() {
     return 1
   fi
   if ! command -v dockerd >/dev/null; then
-    echo "berth: installing Debian's Docker engine (docker.io)..."
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io
+    echo "berth: installing Debian's Docker engine (docker.io; under a minute; log: /var/log/berth-apt.log) ..."
+    { DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io; } \
+      >>/var/log/berth-apt.log 2>&1 || { echo "berth: installing docker.io failed; the end of /var/log/berth-apt.log says:" >&2; tail -n 15 /var/log/berth-apt.log >&2; return 1; }
   fi
   local log=/var/log/berth-dockerd.log
   if [ -S /var/run/docker.sock ] && [ -f /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
