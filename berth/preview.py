@@ -27,7 +27,6 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, re
 from werkzeug.datastructures import Headers
 
 from .machines import Machine, MachineError
-from .sessions import TOUCH_EVERY
 from .store import SessionRecord
 from .views import ApiError, authenticated, berth, iso
 
@@ -157,8 +156,7 @@ def authorize(segment: str) -> tuple[SessionRecord, bool]:
         record = berth().sessions.get(session_id)
         if not hmac.compare_digest(key.encode(), preview_key(record).encode()):
             raise ApiError(403, "wrong_key", "That preview address does not belong to this session.")
-        if time.time() - record.last_seen_at > TOUCH_EVERY:
-            berth().store.touch(record.id)
+        berth().sessions.touch(record.id)
         return record, False
     record = authenticated(session_id)
     return record, bool(request.headers.get("Authorization"))

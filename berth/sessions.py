@@ -125,15 +125,14 @@ class Sessions:
         record = self.get(session_id)
         if not hmac.compare_digest(record.token_hash, hash_token(token)):
             raise SessionError(403, "wrong_token", "That token does not belong to this session.")
-        if time.time() - record.last_seen_at > TOUCH_EVERY:
-            self.touch(session_id)
+        self.touch(session_id)
         return record
 
     def touch(self, session_id: str) -> None:
         """The learner is active (an API call, a command typed): the session is not idle.
-        Written at most every TOUCH_EVERY seconds."""
+        Written at most every TOUCH_EVERY seconds (more often if sessions idle out sooner)."""
         now = time.time()
-        if now - self._touched.get(session_id, 0) > TOUCH_EVERY:
+        if now - self._touched.get(session_id, 0) > min(TOUCH_EVERY, self.config.session_idle / 4):
             self._touched[session_id] = now
             self.store.touch(session_id, now)
 

@@ -193,3 +193,25 @@ def test_delete_and_reaper_leave_nothing_behind(engine, tmp_path):
 
 def _base_image() -> str:
     return os.environ.get("BERTH_BASE_IMAGE", "ubuntu:latest")
+
+
+def test_typing_keeps_a_session_from_being_reaped_as_idle(engine, tmp_path):
+    from .terminal_client import TerminalClient
+
+    berth = BerthServer(tmp_path / "idle", {"BERTH_SESSION_IDLE": "8s", "BERTH_REAP_INTERVAL": "1s"}).start()
+    try:
+        session = berth.create_session()
+        terminal = TerminalClient(berth.url, {"session": session["id"], "token": session["token"],
+                                              "machine": "workstation"}).start()
+        for _ in range(8):  # 16 s of a learner typing, twice the idle time
+            terminal.send("true\r")
+            time.sleep(2)
+        assert labelled(engine, berth.instance_id, "machine"), "a session in use was reaped as idle"
+        terminal.close()
+        deadline = time.monotonic() + 30  # now left alone, it is reaped
+        while labelled(engine, berth.instance_id, "machine"):
+            assert time.monotonic() < deadline, "an idle session was not reaped"
+            time.sleep(0.5)
+    finally:
+        berth.stop()
+        remove_instance(engine, berth.instance_id)
