@@ -32,6 +32,13 @@ def test_each_machine_runs_its_own_engine(engine, lesson_session):
     assert len(ids) == 2
 
 
+def test_an_engine_that_dies_is_restarted(engine, lesson_session):
+    code, out = in_machine(engine, lesson_session, "colleague",
+                           "kill -9 $(cat /var/run/docker.pid) && sleep 0.5 && "
+                           "for i in $(seq 60); do docker info >/dev/null 2>&1 && echo back && exit 0; sleep 0.25; done; exit 1")
+    assert code == 0 and "back" in out, out
+
+
 def test_machine_prompt_and_tools(engine, lesson_session):
     code, out = in_machine(engine, lesson_session, "workstation",
                            "hostname; for t in curl vim nano less python3 ps ip jq tree dtach; do command -v $t >/dev/null || echo missing $t; done; "
