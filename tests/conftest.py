@@ -159,9 +159,10 @@ def engine() -> docker.DockerClient:
     return client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Browser:
-    """One headless Chromium (Debian's) for every browser test; pages are their own."""
+    """A headless Chromium (Debian's) for the browser tests of one module (a fresh one per
+    module: one browser through every module's tests once stalled on a page load)."""
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         yield chromium
