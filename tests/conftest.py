@@ -161,8 +161,9 @@ def engine() -> docker.DockerClient:
 
 @pytest.fixture(scope="module")
 def browser() -> Browser:
-    """A headless Chromium (Debian's) for the browser tests of one module (a fresh one per
-    module: one browser through every module's tests once stalled on a page load)."""
+    """A headless Chromium (Debian's) for the browser tests of one module. (With one browser
+    for all modules, a page once never loaded its scripts; the cause was not found, and a
+    browser per module is how these tests had run clean.)"""
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         yield chromium
