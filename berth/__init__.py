@@ -44,7 +44,8 @@ class Berth:
         self.backend = backend or DockerMachines(config, self.instance_id, self.authority)
         self.library = Library(config.lessons_dir, settings={"BERTH_BASE_IMAGE": config.base_image},
                                known_kinds=_check_kinds())
-        self.sessions = Sessions(config, self.store, self.backend, self.library)
+        self._subscribers: dict[str, list[Callable[..., None]]] = defaultdict(list)
+        self.sessions = Sessions(config, self.store, self.backend, self.library, self.notify)
         self.origins = OriginPolicy(config.allowed_origins)
         self._machine_networks = ipaddress.ip_network(config.network_pool)
         self.mirror: Mirror | None = None
@@ -52,12 +53,12 @@ class Berth:
         self.problem = ""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._subscribers: dict[str, list[Callable[..., None]]] = defaultdict(list)
         # typing in a terminal keeps a session from being reaped as idle
         self.subscribe("enter", lambda session_id, machine=None: self.sessions.touch(session_id))
 
     # A small in-process event bus between the parts, e.g. the terminal bridge tells the
-    # checker `notify("command", session_id, machine)` when a command has finished.
+    # checker `notify("command", session_id, machine)` when a command has finished, and
+    # sessions tell everyone `notify("ready" | "ended", session_id)`.
 
     def subscribe(self, event: str, callback: Callable[..., None]) -> None:
         self._subscribers[event].append(callback)

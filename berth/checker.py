@@ -22,7 +22,7 @@ from .checks import OWN_EXEC_MARK, Context, Facts, run_checks
 from .lessons import Lesson
 from .machines import Machine, MachineError
 from .sessions import SessionError
-from .store import Store, TaskResult
+from .store import SessionRecord, Store, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ class Checker:
         return tasks
 
     def machine_states(self, session_id: str) -> list[dict[str, str]]:
-        record = self.berth.store.session(session_id)
-        return [{"name": m.name, "status": m.status, "message": m.message} for m in (record.machines if record else [])]
+        return machine_states(self.berth.store.session(session_id))
 
     # --- when to check
 
@@ -143,7 +142,7 @@ class Checker:
     # --- sessions coming and going
 
     def watch(self, session_id: str) -> Watch | None:
-        """Start watching a session whose machines are ready (sessions.on_ready calls this)."""
+        """Start watching a session whose machines are ready (on "ready" from sessions)."""
         with self._lock:
             existing = self._watches.get(session_id)
             if existing is not None:
@@ -166,7 +165,7 @@ class Checker:
         return watch
 
     def forget(self, session_id: str) -> None:
-        """Stop watching a session that ended (sessions.on_end calls this)."""
+        """Stop watching a session that ended (on "ended" from sessions)."""
         with self._lock:
             watch = self._watches.pop(session_id, None)
             self._machine_states.pop(session_id, None)
@@ -318,12 +317,17 @@ class Checker:
             if session_id not in active:
                 self.forget(session_id)
         for session_id, record in active.items():
-            states = [{"name": m.name, "status": m.status, "message": m.message} for m in record.machines]
+            states = machine_states(record)
             if self._machine_states.get(session_id) != states:
                 self._machine_states[session_id] = states
                 self.socketio.emit("machines", states, namespace=NAMESPACE, to=session_id)
             if session_id not in self._watches and record.machines and all(m.status == "ready" for m in record.machines):
                 self.watch(session_id)
+
+
+def machine_states(record: SessionRecord | None) -> list[dict[str, str]]:
+    """A session's machines as the page's `machines` event carries them."""
+    return [{"name": m.name, "status": m.status, "message": m.message} for m in (record.machines if record else [])]
 
 
 class SessionNamespace(Namespace):
@@ -357,8 +361,8 @@ def init_app(app: Flask) -> Checker:
     checker = Checker(berth, socketio)
     app.extensions["berth_checker"] = checker
     socketio.on_namespace(SessionNamespace(checker))
-    berth.sessions.on_ready.append(checker.watch)
-    berth.sessions.on_end.append(checker.forget)
+    berth.subscribe("ready", checker.watch)
+    berth.subscribe("ended", checker.forget)
     berth.subscribe("command", lambda session_id, machine=None: checker.request(session_id))
     # a file uploaded or sent between machines (the save task's "share it") is checked at once
     berth.subscribe("files", lambda session_id, machine=None: checker.request(session_id))

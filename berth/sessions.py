@@ -37,7 +37,8 @@ def hash_token(token: str) -> str:
 
 
 class Sessions:
-    def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library):
+    def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library,
+                 notify: Callable[..., None] = lambda event, *args: None):
         self.config = config
         self.store = store
         self.backend = backend
@@ -45,9 +46,9 @@ class Sessions:
         self._create_lock = threading.Lock()
         self._starting: dict[str, threading.Thread] = {}
         self._touched: dict[str, float] = {}
-        # Called with a session id when its machines are ready / when it ends.
-        self.on_ready: list[Callable[[str], None]] = []
-        self.on_end: list[Callable[[str], None]] = []
+        # Tells the other parts notify("ready", session_id) when a session's machines are
+        # ready, and notify("ended", session_id) before they are removed.
+        self.notify = notify
 
     # --- create, find, end
 
@@ -85,26 +86,21 @@ class Sessions:
             machines = self.backend.create_session(session_id, names)
             with ThreadPoolExecutor(max_workers=len(machines)) as pool:
                 list(pool.map(lambda m: self._wait_ready(session_id, m), machines))
-        except MachineError as error:
-            log.error("session %s: machines failed: %s (%s)", session_id, error.message, error.detail)
+        except Exception as error:  # never leave a session "starting" forever
+            if isinstance(error, MachineError):
+                log.error("session %s: machines failed: %s (%s)", session_id, error.message, error.detail)
+                message = error.message
+            else:
+                log.exception("session %s: machines failed", session_id)
+                message = f"Berth could not start the machines ({type(error).__name__})."
             self.backend.destroy_session(session_id)  # nothing half-made stays behind
             for name in names:
-                self.store.set_machine(session_id, name, "failed", error.message)
-            return
-        except Exception as error:  # never leave a session "starting" forever
-            log.exception("session %s: machines failed", session_id)
-            self.backend.destroy_session(session_id)
-            for name in names:
-                self.store.set_machine(session_id, name, "failed", f"Berth could not start the machines ({type(error).__name__}).")
+                self.store.set_machine(session_id, name, "failed", message)
             return
         finally:
             self._starting.pop(session_id, None)
         log.info("session %s ready in %.2f s", session_id, time.monotonic() - started)
-        for callback in self.on_ready:
-            try:
-                callback(session_id)
-            except Exception:
-                log.exception("on_ready callback failed for %s", session_id)
+        self.notify("ready", session_id)
 
     def _wait_ready(self, session_id: str, machine: Machine) -> None:
         self.backend.wait_ready(machine, READY_TIMEOUT)
@@ -142,11 +138,7 @@ class Sessions:
         thread = self._starting.get(session_id)
         if thread is not None:
             thread.join(READY_TIMEOUT)
-        for callback in self.on_end:
-            try:
-                callback(session_id)
-            except Exception:
-                log.exception("on_end callback failed for %s", session_id)
+        self.notify("ended", session_id)
         self.backend.destroy_session(session_id)
         log.info("session %s ended", session_id)
 
@@ -204,11 +196,7 @@ class Sessions:
         finally:
             self._starting.pop(session_id, None)
         log.info("session %s adopted", session_id)
-        for callback in self.on_ready:
-            try:
-                callback(session_id)
-            except Exception:
-                log.exception("on_ready callback failed for %s", session_id)
+        self.notify("ready", session_id)
 
     def reap(self) -> list[str]:
         """End expired and idle sessions, and remove anything labelled for a session this

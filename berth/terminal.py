@@ -632,6 +632,6 @@ def init_app(app: Flask) -> Terminals:
     berth = app.extensions["berth"]
     terminals = Terminals(berth, socketio)
     app.extensions["berth_terminals"] = terminals
-    berth.sessions.on_end.append(terminals.end_session)
+    berth.subscribe("ended", terminals.end_session)
     socketio.on_namespace(TerminalNamespace(NAMESPACE))
     return terminals
