@@ -110,19 +110,8 @@ def session_json(record: SessionRecord, token: str | None = None, tasks: bool = 
 
 
 def task_list(record: SessionRecord) -> list[dict[str, Any]]:
-    checker = current_app.extensions.get("berth_checker")
-    if checker is not None:
-        return checker.task_list(record.id)
-    lesson = berth().library.get(record.lesson)
-    results = berth().store.task_results(record.id)
-    out = []
-    for task in lesson.tasks if lesson else ():
-        result = results.get(task.id)
-        out.append({"id": task.id, "title": task.title,
-                    "status": result.status if result else "pending",
-                    "completed_at": iso(result.completed_at) if result else None,
-                    "feedback": result.feedback if result else []})
-    return out
+    """The session's tasks as the API and the page show them (the checker keeps them)."""
+    return current_app.extensions["berth_checker"].task_list(record.id)
 
 
 # --- API
@@ -163,9 +152,7 @@ def get_session(session_id: str):
 @api.post("/sessions/<session_id>/check")
 def check_session(session_id: str):
     record = authenticated(session_id)
-    checker = current_app.extensions.get("berth_checker")
-    if checker is not None:
-        checker.check_now(record.id)
+    current_app.extensions["berth_checker"].check_now(record.id)
     return jsonify(session_json(berth().sessions.get(record.id)))
 
 
@@ -231,20 +218,24 @@ def index():
     return render_template("index.html", lessons=list(library.lessons.values()), errors=library.errors)
 
 
+def cookie_session(slug: str) -> tuple[SessionRecord | None, str | None]:
+    """The live session (and its token) this browser's cookie holds for a lesson, if any."""
+    session_id, _, token = request.cookies.get(cookie_name(slug), "").partition(":")
+    if not token:
+        return None, None
+    try:
+        return berth().sessions.authenticate(session_id, token), token
+    except SessionError:
+        return None, None
+
+
 @pages.get("/lessons/<slug>")
 def lesson_page(slug: str):
     state = berth()
     lesson = state.library.get(slug)
     if lesson is None:
         abort(404, f"There is no lesson {slug!r}.")
-    record, token = None, None
-    cookie = request.cookies.get(cookie_name(slug), "")
-    if ":" in cookie:
-        session_id, token = cookie.split(":", 1)
-        try:
-            record = state.sessions.authenticate(session_id, token)
-        except SessionError:
-            record, token = None, None
+    record, token = cookie_session(slug)
     fresh = False
     if record is None:
         if state.state != "ready":
@@ -268,14 +259,9 @@ def end_session(slug: str):
     state = berth()
     if not state.origins(request.headers.get("Origin"), request.environ):
         abort(403, "Requests from other web sites may not end this browser's session.")
-    cookie = request.cookies.get(cookie_name(slug), "")
-    if ":" in cookie:
-        session_id, token = cookie.split(":", 1)
-        try:
-            state.sessions.authenticate(session_id, token)
-            state.sessions.end(session_id)
-        except SessionError:
-            pass  # already ended or not ours: nothing to do
+    record, _ = cookie_session(slug)
+    if record is not None:  # else already ended, or not ours: nothing to do
+        state.sessions.end(record.id)
     response = redirect(url_for("pages.index"))
     response.delete_cookie(cookie_name(slug), path="/")
     return response
