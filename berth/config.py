@@ -34,15 +34,6 @@ def parse_duration(text: str) -> int:
     return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a yes/no value: {text!r}")
-
-
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 

@@ -135,7 +135,6 @@ class Setup:
         except docker.errors.ImageNotFound:
             pass
         _say(f"building {tag} from {folder.relative_to(PROJECT_DIR)}/ (a minute or two the first time) ...")
-        steps = 0
         for chunk in self.client.api.build(path=str(folder), tag=tag, buildargs={"BASE": DEBIAN_BASE},
                                            labels={LABEL_SOURCE: wanted}, rm=True, forcerm=True,
                                            decode=True):
@@ -143,7 +142,6 @@ class Setup:
                 raise SystemExit(f"berth: building {tag} failed: {chunk['error']}")
             line = chunk.get("stream", "").strip()
             if line.startswith("Step "):
-                steps += 1
                 print(f"  {line[:110]}", file=sys.stderr, flush=True)
         _say(f"built {tag}")
 

@@ -16,7 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import docker
 import docker.errors
@@ -66,7 +66,6 @@ class Machine:
     container_id: str
     address: str  # on the session's network; where Berth reaches its engine and ports
     state: str  # the container's state: running, exited, created, ...
-    labels: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -110,12 +109,6 @@ class Tty:
             pass
         self.sock.close()
 
-    def pid(self) -> int | None:
-        """The process's pid as the machine's engine host sees it."""
-        try:
-            return self._api.exec_inspect(self.exec_id).get("Pid") or None
-        except docker.errors.APIError:
-            return None
 
 
 class MachineBackend(ABC):
@@ -188,7 +181,6 @@ class DockerMachines(MachineBackend):
         self._engines_lock = threading.Lock()
         self.profile_name = ""
         self._profile: dict | None = None
-        self.profile_error = ""
         self.mirror_container: str | None = None  # set by the images part when a mirror runs
         self._self_container: str | None = self._own_container_id()
 
@@ -287,11 +279,10 @@ class DockerMachines(MachineBackend):
                 continue
             finally:
                 self.destroy_session(probe_id)
-            self._profile, self.profile_name, self.profile_error = options, name, ""
+            self._profile, self.profile_name = options, name
             log.info("learner machines run with: %s", name)
             return name
-        self.profile_error = "No way to run a Docker engine in a container works here: " + "; ".join(errors)
-        raise MachineError(self.profile_error)
+        raise MachineError("No way to run a Docker engine in a container works here: " + "; ".join(errors))
 
     @property
     def profile(self) -> dict:
@@ -433,8 +424,7 @@ class DockerMachines(MachineBackend):
             api.start(container_id)
         except docker.errors.APIError as error:
             raise MachineError(f"The machine {name} could not start.", str(error)) from None
-        return Machine(session_id, name, container_id, addresses[0] if addresses else "", "running",
-                       self._labels(session_id, "machine", name))
+        return Machine(session_id, name, container_id, addresses[0] if addresses else "", "running")
 
     def machines(self, session_id: str | None = None) -> list[Machine]:
         found = []
@@ -445,7 +435,7 @@ class DockerMachines(MachineBackend):
             net = networks.get(f"berth-{session}-reach") or networks.get(f"berth-{session}") or {}
             address = (net.get("IPAMConfig") or {}).get("IPv4Address") or net.get("IPAddress") or ""
             found.append(Machine(labels[LABEL_SESSION], labels[LABEL_MACHINE], container.id,
-                                 address, container.status, dict(labels)))
+                                 address, container.status))
         return found
 
     def session_ids(self) -> set[str]:

@@ -136,9 +136,10 @@ class Store:
             return None
         return self._with_machines(rows[0])
 
-    def sessions(self, active_only: bool = True) -> list[SessionRecord]:
-        sql = "SELECT * FROM sessions" + (" WHERE ended_at IS NULL" if active_only else "")
-        return [self._with_machines(row) for row in self._run(sql + " ORDER BY created_at")]
+    def sessions(self) -> list[SessionRecord]:
+        """The sessions that have not ended, oldest first."""
+        rows = self._run("SELECT * FROM sessions WHERE ended_at IS NULL ORDER BY created_at")
+        return [self._with_machines(row) for row in rows]
 
     def count_active(self) -> int:
         """Sessions that hold machines: not ended, and not every machine failed."""
