@@ -179,6 +179,8 @@ class DockerMachines(MachineBackend):
         self._network_lock = threading.Lock()
         self._engines: dict[str, docker.DockerClient] = {}
         self._engines_lock = threading.Lock()
+        self._removing: dict[str, list] = {}  # session: [lock, users]; one remover at a time
+        self._removing_lock = threading.Lock()
         self.profile_name = ""
         self._profile: dict | None = None
         self.mirror_container: str | None = None  # set by the images part when a mirror runs
@@ -496,6 +498,22 @@ class DockerMachines(MachineBackend):
         self._forget_engine(machine)
 
     def destroy_session(self, session_id: str) -> None:
+        # Two removers at once (an API delete and the reaper) would each see the other's
+        # "removal already in progress" and return early with the disk and network left;
+        # the second waits for the first instead, and returns when all is gone.
+        with self._removing_lock:
+            entry = self._removing.setdefault(session_id, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                self._destroy_session(session_id)
+        finally:
+            with self._removing_lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._removing[session_id]
+
+    def _destroy_session(self, session_id: str) -> None:
         host = self.host
         for container in host.containers.list(all=True, filters=self._filters(session_id, "machine")):
             self._forget_engine_id(container.id)

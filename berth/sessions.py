@@ -45,6 +45,7 @@ class Sessions:
         self.library = library
         self._create_lock = threading.Lock()
         self._starting: dict[str, threading.Thread] = {}
+        self._ending: set[str] = set()  # ended in the store, machines still being removed
         self._touched: dict[str, float] = {}
         # Tells the other parts notify("ready", session_id) when a session's machines are
         # ready, and notify("ended", session_id) before they are removed.
@@ -133,13 +134,17 @@ class Sessions:
             self.store.touch(session_id, now)
 
     def end(self, session_id: str) -> None:
-        self.store.end_session(session_id)
-        self._touched.pop(session_id, None)
-        thread = self._starting.get(session_id)
-        if thread is not None:
-            thread.join(READY_TIMEOUT)
-        self.notify("ended", session_id)
-        self.backend.destroy_session(session_id)
+        self._ending.add(session_id)
+        try:
+            self.store.end_session(session_id)
+            self._touched.pop(session_id, None)
+            thread = self._starting.get(session_id)
+            if thread is not None:
+                thread.join(READY_TIMEOUT)
+            self.notify("ended", session_id)
+            self.backend.destroy_session(session_id)
+        finally:
+            self._ending.discard(session_id)
         log.info("session %s ended", session_id)
 
     def machine(self, session_id: str, name: str) -> Machine:
@@ -212,7 +217,7 @@ class Sessions:
         # List what the engine has before what the store has: a session gets its row
         # before anything of it is created, so nothing being created looks orphaned.
         labelled = self.backend.session_ids()
-        active = {r.id for r in self.store.sessions()} | set(self._starting)
+        active = {r.id for r in self.store.sessions()} | set(self._starting) | set(self._ending)
         for orphan in labelled - active:
             log.info("removing leftovers of session %s", orphan)
             self.backend.destroy_session(orphan)

@@ -4,6 +4,7 @@ isolation, adoption after a restart, and clean removal."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -193,6 +194,37 @@ def test_delete_and_reaper_leave_nothing_behind(engine, tmp_path):
             assert time.monotonic() < deadline, labelled(engine, berth.instance_id)
             time.sleep(0.5)
         assert berth.get(f"/api/sessions/{expiring['id']}", expiring["token"]).status_code == 404
+    finally:
+        berth.stop()
+        remove_instance(engine, berth.instance_id)
+
+
+def test_two_removers_at_once_both_return_with_everything_gone(engine, config):
+    """An API delete and the reaper may remove the same session together: neither may
+    return while the other still has its machines, disks or network on the engine."""
+    from berth import create_app
+
+    berth = create_app(config).extensions["berth"]
+    try:
+        deadline = time.monotonic() + 120
+        while berth.state != "ready":
+            assert time.monotonic() < deadline, berth.problem
+            time.sleep(0.2)
+        record, _ = berth.sessions.create("docker-images", wait=True)
+        assert len([n for n in labelled(engine, berth.instance_id) if record.id in n]) >= 5
+        left: list[list[str]] = []
+
+        def remove() -> None:
+            berth.backend.destroy_session(record.id)
+            left.append([n for n in labelled(engine, berth.instance_id) if record.id in n])
+
+        removers = [threading.Thread(target=remove) for _ in range(3)]
+        for remover in removers:  # staggered, so that each finds another halfway through
+            remover.start()
+            time.sleep(0.05)
+        for remover in removers:
+            remover.join(60)
+        assert left == [[], [], []]
     finally:
         berth.stop()
         remove_instance(engine, berth.instance_id)
