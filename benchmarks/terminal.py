@@ -4,8 +4,9 @@ in one run. `./run bench terminal [--keys N] [--bytes N] [--rounds N]`.
 
 Method: a Berth server (`python app.py`, WebSocket transport, as the browser uses) with
 one session. Raw: a TTY exec of `bash -l` in the workstation machine through the host
-engine's API, read and written on the hijacked socket; the same through dtach (which
-keeps Berth's shells alive), to show what that costs. Berth: a /terminal client on one
+engine's API, read and written on the hijacked socket. Kept: a shell under berth-shell,
+the keeper that lets Berth's shells outlive Berth, attached straight through the engine
+(as Berth attaches), to show what the keeper costs by itself. Berth: a /terminal client on one
 WebSocket (tests/terminal_client.py), acknowledging output as it arrives. Echo: type
 one character, wait for its echo, N times (the line is cleared every 50 keys, not
 timed). Throughput: run `head -c BYTES /dev/zero | base64` and time from Enter to the
@@ -26,6 +27,10 @@ from pathlib import Path
 import docker
 import websocket
 
+from berth.certs import CertificateAuthority
+from berth.config import Config
+from berth.machines import DockerMachines, Machine
+from berth.terminal import SHELL_DIR, ShellLink
 from tests.conftest import BerthServer, remove_instance
 from tests.terminal_client import TerminalClient
 
@@ -34,12 +39,10 @@ DONE = b"\r\nDONE-2\r\n"  # printed by `echo DONE-$((1+1))`, which the echoed co
 
 
 class RawTty:
-    """bash in the machine on a raw exec socket, as Docker hands it out (through dtach
-    when `dtach` is set: the cost of keeping a shell alive across Berth restarts)."""
+    """bash in the machine on a raw exec socket, as Docker hands it out."""
 
-    def __init__(self, api: docker.APIClient, container: str, dtach: bool = False):
-        keeper = "dtach -A /tmp/berth-bench.sock -E -z -r winch " if dtach else ""
-        command = ["sh", "-c", f"stty cols 120 rows 40; exec {keeper}bash -l"]
+    def __init__(self, api: docker.APIClient, container: str):
+        command = ["sh", "-c", "stty cols 120 rows 40; exec bash -l"]
         exec_id = api.exec_create(container, command, stdin=True, tty=True, detach_keys="ctrl-^,ctrl-^",
                                   environment={"TERM": "xterm-256color", "LANG": "C.UTF-8"})["Id"]
         response = api.exec_start(exec_id, tty=True, socket=True)
@@ -60,6 +63,29 @@ class RawTty:
     def close(self) -> None:
         self.write(b"exit\r")
         self.sock.close()
+
+
+class KeptTty(RawTty):
+    """A shell under berth-shell, attached through the engine as Berth attaches to it."""
+
+    def __init__(self, backend: DockerMachines, machine: Machine):
+        argv = ["berth-shell", "attach", SHELL_DIR, "bench", "8", "120", "40"]
+        self.link = ShellLink(backend.open_stream(machine, argv))
+        self.buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.link.write(data)
+
+    def read(self) -> int:
+        chunk = self.link.read(65536)
+        if not chunk:
+            raise EOFError("the shell ended")
+        self.buffer += chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self.write(b"exit\r")
+        self.link.close()
 
 
 class BerthTty:
@@ -169,7 +195,8 @@ def main(argv: list[str]) -> None:
         container = f"berth-{session['id']}-workstation"
         raw = RawTty(engine.api, container)
         read_until(raw, PROMPT)
-        kept = RawTty(engine.api, container, dtach=True)
+        backend = DockerMachines(Config.from_env(), server.instance_id, CertificateAuthority(server.data_dir / "certs"), engine)
+        kept = KeptTty(backend, next(m for m in backend.machines(session["id"]) if m.name == "workstation"))
         read_until(kept, PROMPT)
         berth = BerthTty(server.url, {"session": session["id"], "token": session["token"],
                                       "machine": "workstation", "cols": 120, "rows": 40})
@@ -180,7 +207,7 @@ def main(argv: list[str]) -> None:
         print(f"output throughput of head -c {args.bytes} /dev/zero | base64:")
         best = {}
         for round_ in range(args.rounds):
-            for name, tty in (("raw", raw), ("dtach", kept), ("berth", berth)):
+            for name, tty in (("raw", raw), ("kept", kept), ("berth", berth)):
                 rate, total = throughput(tty, args.bytes)
                 best[name] = max(best.get(name, 0.0), rate)
                 print(f"  round {round_ + 1} {name:6} {rate / 1e6:6.1f} MB/s ({total} bytes)", flush=True)
@@ -199,5 +226,5 @@ def main(argv: list[str]) -> None:
     print(f"  echo p99:    raw {raw_echo[1]:.2f} ms, Berth {berth_echo[1]:.2f} ms")
     print(f"  throughput:  raw {best['raw'] / 1e6:.1f} MB/s, Berth {best['berth'] / 1e6:.1f} MB/s "
           f"({ratio:.0%} of raw; target 75% or more): " + ("met" if ratio >= 0.75 else "NOT met"))
-    print(f"  of which dtach alone (raw exec through dtach): {best['dtach'] / 1e6:.1f} MB/s "
-          f"({best['dtach'] / best['raw']:.0%} of raw); Berth is {best['berth'] / best['dtach']:.0%} of that")
+    print(f"  the keeper alone (berth-shell through the engine): {best['kept'] / 1e6:.1f} MB/s "
+          f"({best['kept'] / best['raw']:.0%} of raw); Berth is {best['berth'] / best['kept']:.0%} of that")

@@ -78,29 +78,54 @@ class ExecResult:
         return self.output.decode("utf-8", "replace")
 
 
-class Tty:
-    """A process with a terminal in a machine: raw bytes both ways."""
+class Stream:
+    """A process in a machine with its standard streams as bytes: input written as is, and
+    its output (stdout and stderr, in order) read without the engine's 8-byte frame headers."""
 
-    def __init__(self, api: docker.APIClient, exec_id: str, sock: socket.socket):
-        self._api = api
-        self.exec_id = exec_id
+    def __init__(self, sock: socket.socket):
         self.sock = sock
+        self._buffer = bytearray()  # received, not yet returned
+        self._left = 0  # bytes of the current frame still to come
+        self._ended = False
 
-    def read(self, size: int = 65536) -> bytes:
-        """Bytes from the terminal; b"" once the process has ended."""
-        try:
-            return self.sock.recv(size)
-        except OSError:
-            return b""
+    def read(self, size: int = 65536, wait: bool = True) -> bytes:
+        """Up to `size` bytes of output; b"" at the end. With wait=False, only what has
+        arrived (b"" also when nothing has: the next waiting read tells the end apart)."""
+        out = bytearray()
+        while True:
+            while self._buffer and len(out) < size:
+                if not self._left:
+                    if len(self._buffer) < 8:
+                        break
+                    self._left = int.from_bytes(self._buffer[4:8], "big")
+                    del self._buffer[:8]
+                    continue
+                take = min(self._left, len(self._buffer), size - len(out))
+                out += self._buffer[:take]
+                del self._buffer[:take]
+                self._left -= take
+            if out or self._ended:
+                return bytes(out)
+            try:
+                chunk = self.sock.recv(65536, 0 if wait else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return b""
+            except TimeoutError:
+                raise
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._ended = True
+            self._buffer += chunk
+
+    def read_all(self) -> bytes:
+        data = bytearray()
+        while chunk := self.read():
+            data += chunk
+        return bytes(data)
 
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)
-
-    def resize(self, cols: int, rows: int) -> None:
-        try:
-            self._api.exec_resize(self.exec_id, height=rows, width=cols)
-        except (docker.errors.APIError, requests.exceptions.RequestException) as error:
-            log.debug("resize of %s failed: %s", self.exec_id[:12], error)
 
     def close(self) -> None:
         try:
@@ -108,7 +133,6 @@ class Tty:
         except OSError:
             pass
         self.sock.close()
-
 
 
 class MachineBackend(ABC):
@@ -145,9 +169,9 @@ class MachineBackend(ABC):
         """Run a command in the machine (not in a container inside it)."""
 
     @abstractmethod
-    def open_tty(self, machine: Machine, argv: list[str], cols: int, rows: int,
-                 env: dict[str, str] | None = None) -> Tty:
-        """Start an interactive process with a terminal of the given size."""
+    def open_stream(self, machine: Machine, argv: list[str], env: dict[str, str] | None = None) -> Stream:
+        """Start a long-lived process in the machine, its input and output streamed (the
+        terminal bridge's attachment to a shell)."""
 
     @abstractmethod
     def engine(self, machine: Machine) -> docker.DockerClient:
@@ -558,7 +582,7 @@ class DockerMachines(MachineBackend):
                 raw = getattr(sock, "_sock", sock)
                 raw.sendall(stdin)
                 raw.shutdown(socket.SHUT_WR)
-                output = _read_multiplexed(raw)
+                output = Stream(raw).read_all()
                 sock.close()
             code = api.exec_inspect(exec_id).get("ExitCode")
         except docker.errors.NotFound:
@@ -567,25 +591,21 @@ class DockerMachines(MachineBackend):
             raise MachineError(f"The machine {machine.name} cannot run commands now.", str(error)) from None
         return ExecResult(code if code is not None else -1, output)
 
-    def open_tty(self, machine: Machine, argv: list[str], cols: int, rows: int,
-                 env: dict[str, str] | None = None) -> Tty:
+    def open_stream(self, machine: Machine, argv: list[str], env: dict[str, str] | None = None) -> Stream:
         api = self.host.api
-        # The terminal has no size until resized, and cannot be resized before it
-        # starts: set the size first thing inside.
-        command = ["sh", "-c", f'stty cols {int(cols)} rows {int(rows)} 2>/dev/null; exec "$@"',
-                   "sh", *argv]
         try:
             exec_id = api.exec_create(
-                machine.container_id, command, stdin=True, tty=True, detach_keys=DETACH_KEYS,
+                machine.container_id, argv, stdin=True, detach_keys=DETACH_KEYS,
                 environment={"TERM": "xterm-256color", "LANG": "C.UTF-8", **(env or {})},
             )["Id"]
-            response = api.exec_start(exec_id, tty=True, socket=True)
+            response = api.exec_start(exec_id, socket=True)
         except docker.errors.APIError as error:
             raise MachineError(f"A terminal in {machine.name} could not be opened.", str(error)) from None
         sock = getattr(response, "_sock", response)
         sock.settimeout(None)  # the client's 60 s timeout would drop an idle terminal
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1) if sock.family != socket.AF_UNIX else None
-        return Tty(api, exec_id, sock)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Stream(sock)
 
     def engine(self, machine: Machine) -> docker.DockerClient:
         with self._engines_lock:
@@ -650,20 +670,6 @@ def _tar(files: dict[str, bytes], mode: int = 0o600) -> bytes:
             info.mtime = int(time.time())
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
-
-
-def _read_multiplexed(sock: socket.socket) -> bytes:
-    """Read a non-TTY exec stream to its end, dropping Docker's 8-byte frame headers."""
-    data = bytearray()
-    while chunk := sock.recv(65536):
-        data += chunk
-    out = bytearray()
-    index = 0
-    while index + 8 <= len(data):
-        size = int.from_bytes(data[index + 4:index + 8], "big")
-        out += data[index + 8:index + 8 + size]
-        index += 8 + size
-    return bytes(out)
 
 
 def remove_instance(client: docker.DockerClient, instance_id: str) -> None:

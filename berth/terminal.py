@@ -1,8 +1,9 @@
 """The terminal bridge: Socket.IO namespace `/terminal` <-> a shell in a learner machine.
 
-Each shell lives in its machine under dtach (`/run/berth/shells/NAME.sock`), so a page
-reload, a dropped network and a restart of Berth all reattach to the same bash. Berth
-keeps one attachment per shell (an exec TTY from the machines backend), keeps the recent
+Each shell lives in its machine under a keeper (`berth-shell`, in the machine image; its
+socket is `/run/berth/shells/NAME.sock`), so a page reload, a dropped network and a
+restart of Berth all reattach to the same bash. Berth keeps one attachment per shell (a
+stream from the machines backend, spoken to in berth-shell's frames), keeps the recent
 output in a ring buffer addressed by absolute byte offsets, and fans it out to every
 browser tab showing that shell, each within a credit window that the browser opens by
 acknowledging what xterm.js has processed. The protocol is documented in docs/api.md.
@@ -14,7 +15,7 @@ import logging
 import queue
 import re
 import secrets
-import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from flask import Flask, current_app, request
 from flask_socketio import ConnectionRefusedError, Namespace, SocketIO
 
-from .machines import Machine, MachineError, Tty
+from .machines import Machine, MachineError, Stream
 from .sessions import SessionError
 
 log = logging.getLogger(__name__)
@@ -39,32 +40,27 @@ SHELL_DIR = "/run/berth/shells"
 SHELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 PROMPT_MARKER = b"\x1b]7771;prompt\x07"  # printed by the machine's bashrc after each command
 STATE_MARKER = re.compile(rb"\x1b\]7771;shell=([a-z]+)\x07")
-CLEAR_SCREEN = b"\x1b[H\x1b[J"  # dtach clears the screen on attach; the page keeps its own
-# What dtach says when the shell ends, in the separate writes it makes.
-DTACH_EOF = re.compile(rb"\x1b\[999H\r\n|\[EOF - dtach terminating\]\r\n")
 MAX_COLS, MAX_ROWS = 1000, 500
 
-# Run in the machine by the attachment. Creates the shell under dtach unless it is already
-# running (then it reattaches: same bash, same $$), bounded to MAX live shells; reports
-# which through an OSC marker that Berth reads and removes before anything is shown.
-ATTACH_SCRIPT = r"""
-sock=$1/$2.sock; dir=$1; max=$3
-mkdir -p "$dir"
-# Attachments left by an earlier Berth process hang on after their stream is gone.
-pkill -f -x "dtach -a $sock -E -z -r winch" 2>/dev/null
-if [ -S "$sock" ] && dtach -p "$sock" </dev/null >/dev/null 2>&1; then
-  state=existing
-else
-  rm -f "$sock"
-  if [ "$(pgrep -c -f -x "dtach -n $dir/[^ ]*\.sock bash -l")" -ge "$max" ]; then
-    printf '\033]7771;shell=full\007'; exit 3
-  fi
-  dtach -n "$sock" bash -l >/dev/null 2>&1 || { printf '\033]7771;shell=failed\007'; exit 4; }
-  state=new
-fi
-printf '\033]7771;shell=%s\007' "$state"
-exec dtach -a "$sock" -E -z -r winch
-"""
+
+class ShellLink:
+    """Berth's attachment to a shell kept by `berth-shell` in the machine: the terminal's
+    output comes as it is; input and sizes go in berth-shell's frames (type, length, body)."""
+
+    def __init__(self, stream: Stream):
+        self.stream = stream
+
+    def read(self, size: int, wait: bool = True) -> bytes:
+        return self.stream.read(size, wait)
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(b"i" + len(data).to_bytes(4, "big") + data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.stream.write(b"r" + (4).to_bytes(4, "big") + struct.pack(">HH", cols, rows))
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 class TerminalError(Exception):
@@ -92,7 +88,7 @@ class Shell:
     ring buffer and out to the viewers, and a writer for their input."""
 
     def __init__(self, terminals: Terminals, key: tuple[str, str, str], machine: Machine,
-                 tty: Tty, state: str, initial: bytes, cols: int, rows: int):
+                 tty: ShellLink, state: str, initial: bytes, cols: int, rows: int):
         self.terminals = terminals
         self.key = key
         self.machine = machine
@@ -111,10 +107,7 @@ class Shell:
         self._inputs: deque[tuple] = deque()
         self._input_bytes = 0
         self._tail = b""
-        if initial.startswith(CLEAR_SCREEN):
-            initial = initial[len(CLEAR_SCREEN):]
-        self._first = not initial  # the clear may still be on its way
-        self._append(initial)
+        self._append(STATE_MARKER.sub(b"", initial))
         self._reader = threading.Thread(target=self._pump, name=f"tty-read-{key[0]}-{key[1]}", daemon=True)
         self._writer = threading.Thread(target=self._write, name=f"tty-write-{key[0]}-{key[1]}", daemon=True)
 
@@ -140,12 +133,7 @@ class Shell:
                 if not data:
                     break
                 data += self._more(CHUNK - len(data))
-                if self._first:
-                    self._first = False
-                    if data.startswith(CLEAR_SCREEN):
-                        data = data[len(CLEAR_SCREEN):]
-                data = DTACH_EOF.sub(b"", data)
-                self._publish(data)
+                self._publish(STATE_MARKER.sub(b"", data))  # "ended": the end comes next
         except Exception:  # the pump must end through _finish, whatever happened
             log.exception("terminal %s: output pump failed", self.key)
         finally:
@@ -155,12 +143,9 @@ class Shell:
         """What else is already waiting, without waiting: fewer, larger messages in a flood."""
         more = b""
         while size > 0:
-            try:
-                chunk = self.tty.sock.recv(size, socket.MSG_DONTWAIT)
-            except OSError:  # BlockingIOError: nothing more now
-                break
+            chunk = self.tty.read(size, wait=False)
             if not chunk:
-                break  # the end: the next read says so
+                break  # nothing more now, or the end: the next read says so
             more += chunk
             size -= len(chunk)
         return more
@@ -376,9 +361,9 @@ class Terminals:
     def _open(self, key: tuple[str, str, str], machine: Machine, cols: int, rows: int) -> Shell:
         backend = self.berth.backend
         limit = self.berth.config.shells_per_machine
-        argv = ["sh", "-c", ATTACH_SCRIPT, "berth-shell", SHELL_DIR, key[2], str(limit)]
+        argv = ["berth-shell", "attach", SHELL_DIR, key[2], str(limit), str(cols), str(rows)]
         try:
-            tty = backend.open_tty(machine, argv, cols, rows)
+            tty = ShellLink(backend.open_stream(machine, argv))
         except MachineError as error:
             log.warning("terminal %s: %s (%s)", key, error.message, error.detail)
             raise TerminalError(503, "terminal_unavailable", error.message) from None
@@ -434,10 +419,8 @@ class Terminals:
 
     def end_shell(self, shell: Shell, reason: str) -> None:
         """End the shell itself in its machine (its bash and jobs get a hangup)."""
-        sock = f"{SHELL_DIR}/{shell.key[2]}.sock"
         try:
-            self.berth.backend.exec(shell.machine, ["pkill", "-TERM", "-f", f"^dtach -[na] {re.escape(sock)}( |$)"],
-                                    timeout=10)
+            self.berth.backend.exec(shell.machine, ["berth-shell", "end", SHELL_DIR, shell.key[2]], timeout=10)
         except MachineError as error:
             log.info("terminal %s: could not end the shell: %s", shell.key, error.message)
         shell.close(reason)
@@ -506,15 +489,15 @@ class Terminals:
             self.berth.notify(*item)
 
 
-def _handshake(tty: Tty) -> tuple[str, bytes]:
-    """Read the attach script's state marker; return it and any output after it."""
+def _handshake(tty: ShellLink) -> tuple[str, bytes]:
+    """Read berth-shell's state marker; return it and any output after it."""
     data = b""
     deadline = time.monotonic() + OPEN_TIMEOUT
-    tty.sock.settimeout(1.0)
+    tty.stream.sock.settimeout(1.0)
     try:
         while time.monotonic() < deadline:
             try:
-                chunk = tty.sock.recv(CHUNK)
+                chunk = tty.read(CHUNK)
             except TimeoutError:
                 continue
             except OSError:
@@ -528,7 +511,7 @@ def _handshake(tty: Tty) -> tuple[str, bytes]:
             if len(data) > CHUNK:
                 break
     finally:
-        tty.sock.settimeout(None)  # an idle terminal must never time out
+        tty.stream.sock.settimeout(None)  # an idle terminal must never time out
     return "failed", data
 
 

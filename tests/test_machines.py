@@ -42,7 +42,7 @@ def test_an_engine_that_dies_is_restarted(engine, lesson_session):
 
 def test_machine_prompt_and_tools(engine, lesson_session):
     code, out = in_machine(engine, lesson_session, "workstation",
-                           "hostname; for t in curl vim nano less python3 ps ip jq tree dtach; do command -v $t >/dev/null || echo missing $t; done; "
+                           "hostname; for t in curl vim nano less python3 ps ip jq tree berth-shell; do command -v $t >/dev/null || echo missing $t; done; "
                            "complete -p docker >/dev/null 2>&1 || . /usr/share/bash-completion/completions/docker && echo completion")
     assert code == 0, out
     assert "workstation" in out and "missing" not in out and "completion" in out

@@ -246,7 +246,7 @@ def test_a_shell_in_the_machine(live):
     attached = term.event("attached")
     assert attached["shell"] == "new" and attached["offset"] == 0
     term.wait_for(r"root@workstation.*# ")
-    assert "\x1b[H\x1b[J" not in term.text()  # dtach's screen clear is not passed on
+    assert "7771;shell=" not in term.text()  # berth-shell's state marker is not passed on
     assert term.run("stty size").strip() == "27 91"
     assert term.run("echo $TERM; hostname; pwd").split() == ["xterm-256color", "workstation", "/root"]
     assert term.run("docker info --format '{{.ServerVersion}}' >/dev/null && echo engine ok").strip() == "engine ok"
@@ -255,7 +255,7 @@ def test_a_shell_in_the_machine(live):
         assert time.monotonic() < deadline, events
         time.sleep(0.05)
     shell = live.app.extensions["berth_terminals"].shells[(live.session_id, "workstation", "main")]
-    assert shell.tty.sock.gettimeout() is None  # an idle terminal never times out
+    assert shell.tty.stream.sock.gettimeout() is None  # an idle terminal never times out
     term.close()
 
 
@@ -271,7 +271,7 @@ def test_every_key_reaches_the_shell(live):
     term.send("sleep 30\r")
     time.sleep(0.3)
     mark = len(term.text())
-    term.send("\x1a")  # Ctrl-Z: suspends the job, not dtach
+    term.send("\x1a")  # Ctrl-Z: suspends the job, not the shell's keeper
     term.wait_for(r"Stopped\s+sleep 30", after=mark)
     mark = len(term.text())
     term.send("fg\r")
@@ -400,7 +400,7 @@ def test_exit_ends_the_shell_and_a_new_one_can_start(live):
     term.send("exit\r")
     ended = term.event("ended")
     assert ended["reason"] == "exit"
-    assert "EOF - dtach" not in term.text()
+    assert "7771;shell=" not in term.text()
     again = Term(live.app, live.auth(shell="exits"))
     assert again.event("attached")["shell"] == "new"
     assert shell_pid(again) != pid
@@ -555,8 +555,10 @@ def test_a_server_restart_keeps_the_shell(engine, tmp_path):
         assert again.attached["shell"] == "existing" and again.attached["epoch"] != epoch
         assert again.run("echo $$").strip() == pid
         assert again.run("pwd; jobs").split()[:3] == ["/etc", "[1]+", "Running"]
-        procs = in_machine(engine, session, "workstation", "pgrep -c -f -x 'dtach -a .*'")[1].strip()
-        assert procs == "1", "the attachment of the stopped Berth was left behind"
+        deadline = time.monotonic() + 5  # the earlier attachment is told to leave, and goes
+        while (procs := in_machine(engine, session, "workstation", "pgrep -c -f '[b]erth-shell attach '")[1].strip()) != "1":
+            assert time.monotonic() < deadline, f"{procs} attachments: the stopped Berth's was left behind"
+            time.sleep(0.2)
         again.close()
         berth.delete_session(session)
     finally:
