@@ -77,9 +77,17 @@ class BerthServer:
             try:
                 self.wait_healthy()
             except BaseException:
-                self.stop()  # a server that never got healthy is not left running
+                self.stop()  # a server that never got healthy is not left running,
+                self.remove_leftovers()  # nor what it made on the engine (its mirror)
                 raise
         return self
+
+    def remove_leftovers(self) -> None:
+        try:
+            instance_id = self.instance_id
+        except (sqlite3.Error, TypeError):
+            return  # it never got as far as its data folder
+        remove_instance(docker.from_env(timeout=120), instance_id)
 
     def wait_healthy(self, timeout: float = READY_TIMEOUT) -> dict:
         deadline = time.monotonic() + timeout
