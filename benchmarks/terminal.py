@@ -50,11 +50,17 @@ class RawTty:
         self.sock.settimeout(None)
         self.buffer = bytearray()
 
+    def _receive(self) -> bytes:
+        return self.sock.recv(65536)
+
+    def _end(self) -> None:
+        self.sock.close()
+
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)
 
     def read(self) -> int:
-        chunk = self.sock.recv(65536)
+        chunk = self._receive()
         if not chunk:
             raise EOFError("the shell ended")
         self.buffer += chunk
@@ -62,7 +68,7 @@ class RawTty:
 
     def close(self) -> None:
         self.write(b"exit\r")
-        self.sock.close()
+        self._end()
 
 
 class KeptTty(RawTty):
@@ -73,19 +79,14 @@ class KeptTty(RawTty):
         self.link = ShellLink(backend.open_stream(machine, argv))
         self.buffer = bytearray()
 
+    def _receive(self) -> bytes:
+        return self.link.read(65536)
+
+    def _end(self) -> None:
+        self.link.close()
+
     def write(self, data: bytes) -> None:
         self.link.write(data)
-
-    def read(self) -> int:
-        chunk = self.link.read(65536)
-        if not chunk:
-            raise EOFError("the shell ended")
-        self.buffer += chunk
-        return len(chunk)
-
-    def close(self) -> None:
-        self.write(b"exit\r")
-        self.link.close()
 
 
 class BerthTty:

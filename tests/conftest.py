@@ -147,6 +147,14 @@ class BerthServer:
                                headers={"Authorization": f"Bearer {session['token']}"}, timeout=120)
 
 
+def wait_until_ready(berth, timeout: float = READY_TIMEOUT) -> None:
+    """Wait for an in-process Berth (create_app's) to have its engine side prepared."""
+    deadline = time.monotonic() + timeout
+    while berth.state != "ready":
+        assert time.monotonic() < deadline, berth.problem
+        time.sleep(0.2)
+
+
 def labelled(client: docker.DockerClient, instance_id: str, role: str | None = None) -> list[str]:
     """Names of everything on the engine labelled for this instance (and role)."""
     labels = [f"berth.instance={instance_id}"] + ([f"berth.role={role}"] if role else [])

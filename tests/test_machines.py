@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from .conftest import BerthServer, in_machine, labelled, machine_container, remove_instance
+from .conftest import BerthServer, in_machine, labelled, machine_container, remove_instance, wait_until_ready
 
 pytestmark = pytest.mark.engine
 
@@ -206,10 +206,7 @@ def test_two_removers_at_once_both_return_with_everything_gone(engine, config):
 
     berth = create_app(config).extensions["berth"]
     try:
-        deadline = time.monotonic() + 120
-        while berth.state != "ready":
-            assert time.monotonic() < deadline, berth.problem
-            time.sleep(0.2)
+        wait_until_ready(berth)
         record, _ = berth.sessions.create("docker-images", wait=True)
         assert len([n for n in labelled(engine, berth.instance_id) if record.id in n]) >= 5
         left: list[list[str]] = []

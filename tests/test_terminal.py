@@ -19,7 +19,7 @@ from berth.sessions import hash_token
 from berth.store import MachineRecord, SessionRecord
 from berth.terminal import NAMESPACE
 
-from .conftest import BerthServer, in_machine, remove_instance
+from .conftest import BerthServer, in_machine, remove_instance, wait_until_ready
 from .terminal_client import Refused, TerminalClient
 
 PROMPT = re.compile(rb"\x1b\]7771;prompt\x07")
@@ -148,10 +148,7 @@ def live(engine, tmp_path_factory):
                               "BERTH_SHELLS_PER_MACHINE": "3"})
     app = create_app(config)
     berth = app.extensions["berth"]
-    deadline = time.monotonic() + 120
-    while berth.state != "ready":
-        assert time.monotonic() < deadline, berth.problem
-        time.sleep(0.2)
+    wait_until_ready(berth)
     record, token = berth.sessions.create("docker-images", wait=True)
     assert all(m.status == "ready" for m in berth.store.session(record.id).machines)
     yield Live(app, berth, record.id, token)
