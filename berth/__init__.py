@@ -106,6 +106,7 @@ class Berth:
             if self.config.mirror_image:
                 self.mirror = Mirror(backend.host, self.config, self.instance_id)
                 backend.mirror_container = self.mirror.start([self.config.base_image, *self.library.images()])
+            backend.apply_firewall()
             backend.detect_profile()
         self.sessions.adopt()
         self.state, self.problem = "ready", ""

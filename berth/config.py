@@ -3,6 +3,7 @@ and help text in one place (the README's table is checked against this list)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -60,9 +61,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BERTH_MACHINE_MEMORY", "1g", "Memory limit of one machine, its containers included.", parse_size),
     Setting("BERTH_MACHINE_CPUS", "1.0", "CPUs one machine may use.", float),
     Setting("BERTH_MACHINE_PIDS", "1024", "Most processes in one machine, its containers included.", int),
-    Setting("BERTH_MACHINE_DISK", "10g", "Size of a machine engine's disk (images, containers, volumes); empty: unbounded.", str),
-    Setting("BERTH_MACHINE_RUNTIME", "", "OCI runtime for machines, e.g. sysbox-runc; empty: sysbox-runc when the engine has it, else runc with the least privileges that run an engine.", str),
+    Setting("BERTH_MACHINE_DISK", "10g", "Most disk one machine may use: its files, uploads and its engine's images and containers together; empty: unbounded.", str),
+    Setting("BERTH_ISOLATION", "", "How machines are kept from the host: userns (root in a machine is not root on the host), sysbox, or trusted (root in a machine can reach the host: only for a single-user laptop); empty: sysbox where the engine has it, else userns.", str),
+    Setting("BERTH_MACHINE_RUNTIME", "", "OCI runtime for machines, e.g. sysbox-runc; empty: the engine's default (sysbox-runc when the engine has it).", str),
     Setting("BERTH_NETWORK_POOL", "10.213.0.0/16", "Address range for sessions' private networks (a /27 each).", str),
+    Setting("BERTH_ALLOWED_NETWORKS", "", "Private address ranges machines may reach, comma-separated (e.g. a site's package cache); by default they reach their own session, the mirror and public addresses only.", parse_list),
     Setting("BERTH_ALLOWED_ORIGINS", "", "Origins besides Berth's own that may open terminals and call the API with the cookie, comma-separated (never *).", parse_list),
     Setting("BERTH_SHELLS_PER_MACHINE", "4", "Most terminal shells open at once in one machine.", int),
     Setting("BERTH_SHELL_LINGER", "30m", "How long a shell lives on with no browser attached before it is ended.", parse_duration),
@@ -91,8 +94,10 @@ class Config:
     machine_cpus: float = 1.0
     machine_pids: int = 1024
     machine_disk: str = "10g"
+    isolation: str = ""
     machine_runtime: str = ""
     network_pool: str = "10.213.0.0/16"
+    allowed_networks: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     shells_per_machine: int = 4
     shell_linger: int = 1800
@@ -120,6 +125,13 @@ class Config:
                 parse_size(str(values["machine_disk"]))
             except ValueError as error:
                 raise ConfigError(f"BERTH_MACHINE_DISK: {error}") from None
+        for key, name in (("network_pool", "BERTH_NETWORK_POOL"), ("allowed_networks", "BERTH_ALLOWED_NETWORKS")):
+            raw = values[key]
+            for network in (raw,) if isinstance(raw, str) else raw:  # type: ignore[union-attr]
+                try:
+                    ipaddress.ip_network(network)
+                except ValueError as error:
+                    raise ConfigError(f"{name}: {error}") from None
         if "*" in values["allowed_origins"]:  # type: ignore[operator]
             raise ConfigError("BERTH_ALLOWED_ORIGINS may not contain '*': name each origin")
         values.update(overrides)

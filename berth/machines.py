@@ -25,6 +25,8 @@ from docker.types import IPAMConfig, IPAMPool, Mount
 
 from .certs import CertificateAuthority
 from .config import Config
+from .isolation import Isolation, IsolationError, egress_rules
+from .isolation import choose as choose_isolation
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +208,7 @@ class DockerMachines(MachineBackend):
         self._removing: dict[str, list] = {}  # session: [lock, users]; one remover at a time
         self._removing_lock = threading.Lock()
         self.profile_name = ""
-        self._profile: dict | None = None
+        self._profile: Isolation | None = None
         self.mirror_container: str | None = None  # set by the images part when a mirror runs
         self._self_container: str | None = self._own_container_id()
 
@@ -259,59 +261,32 @@ class DockerMachines(MachineBackend):
             labels.append(f"{LABEL_SESSION}={session_id}")
         return {"label": labels}
 
-    # --- how much privilege an engine inside a machine needs here
+    # --- how machines are isolated here (berth/isolation.py)
 
-    def profiles(self) -> list[tuple[str, dict]]:
-        """Ways to run a machine, least privilege first."""
-        runtimes = self.host.info().get("Runtimes", {}) or {}
-        wanted = self.config.machine_runtime
-        if wanted and wanted not in runtimes:
-            raise MachineError(
-                f"BERTH_MACHINE_RUNTIME={wanted} is not a runtime of this engine "
-                f"(it has: {', '.join(sorted(runtimes))})."
-            )
-        runtime = wanted or ("sysbox-runc" if "sysbox-runc" in runtimes else "")
-        choices: list[tuple[str, dict]] = []
-        if runtime == "sysbox-runc":
-            choices.append(("sysbox-runc", {"runtime": runtime}))
-        least = {
-            # An engine needs to mount (SYS_ADMIN) and to set up networks and iptables
-            # (NET_ADMIN); runc inside needs keyctl, which Docker's default seccomp
-            # profile refuses; the loop device gives the engine a disk of bounded size.
-            "cap_add": ["SYS_ADMIN", "NET_ADMIN"],
-            "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
-            "systempaths_unconfined": True,
-            "device_cgroup_rules": ["b 7:* rwm", "c 10:237 rwm"],
-            "cgroupns": "private",
-        }
-        if runtime and runtime != "sysbox-runc":
-            least["runtime"] = runtime
-        choices.append((f"{runtime or 'runc'}: SYS_ADMIN+NET_ADMIN, no seccomp", least))
-        choices.append(("privileged", {"privileged": True, "cgroupns": "private",
-                                      **({"runtime": runtime} if runtime else {})}))
-        return choices
-
-    def detect_profile(self) -> str:
-        """Start a probe machine with each profile until one runs an engine; remember it."""
-        errors = []
-        for name, options in self.profiles():
-            probe_id = f"probe-{os.urandom(3).hex()}"
-            try:
-                machine = self._create_machine(probe_id, "probe", None, None, options)
-                self.wait_ready(machine, timeout=20)
-            except MachineError as error:
-                errors.append(f"{name}: {error.detail or error.message}")
-                log.info("machine profile %r does not work here: %s", name, error.detail or error)
-                continue
-            finally:
-                self.destroy_session(probe_id)
-            self._profile, self.profile_name = options, name
-            log.info("learner machines run with: %s", name)
-            return name
-        raise MachineError("No way to run a Docker engine in a container works here: " + "; ".join(errors))
+    def detect_profile(self) -> Isolation:
+        """Choose the isolation this engine offers and prove it with a probe machine whose
+        engine must answer. There is no weaker fallback: a failure is reported as is."""
+        try:
+            isolation = choose_isolation(self.host.info(), self.config)
+        except IsolationError as error:
+            raise MachineError(str(error)) from None
+        probe_id = f"probe-{os.urandom(3).hex()}"
+        try:
+            machine = self._create_machine(probe_id, "probe", None, None, isolation)
+            self.wait_ready(machine, timeout=30)
+        except MachineError as error:
+            raise MachineError(f"Learner machines do not start on this engine with {isolation.name} "
+                               f"isolation: {error.message}", error.detail) from None
+        finally:
+            self.destroy_session(probe_id)
+        self._profile, self.profile_name = isolation, isolation.name
+        if isolation.warning:
+            log.warning("%s", isolation.warning)
+        log.info("learner machines run with %s isolation: %s", isolation.name, isolation.summary)
+        return isolation
 
     @property
-    def profile(self) -> dict:
+    def profile(self) -> Isolation:
         if self._profile is None:
             self.detect_profile()
         return self._profile  # type: ignore[return-value]
@@ -391,7 +366,7 @@ class DockerMachines(MachineBackend):
                 log.warning("could not connect %s to %s: %s", container[:12], network.name, error)
 
     def _create_machine(self, session_id: str, name: str, network, address: str | None,
-                        profile: dict, reach: tuple | None = None) -> Machine:
+                        profile: Isolation, reach: tuple | None = None) -> Machine:
         try:
             return self._create_machine_unchecked(session_id, name, network, address, profile, reach)
         except docker.errors.ImageNotFound:
@@ -402,23 +377,26 @@ class DockerMachines(MachineBackend):
             raise MachineError(f"The machine {name} could not be created.", str(error)) from None
 
     def _create_machine_unchecked(self, session_id: str, name: str, network, address: str | None,
-                                  profile: dict, reach: tuple | None) -> Machine:
+                                  profile: Isolation, reach: tuple | None) -> Machine:
         api = self.host.api
-        disk = api.create_volume(f"berth-{session_id}-{name}-disk",
-                                 labels=self._labels(session_id, "disk", name))
-        environment = {"BERTH_DISK_SIZE": self.config.machine_disk}
+        mounts = []
+        if profile.engine_volume:
+            disk = api.create_volume(f"berth-{session_id}-{name}-disk",
+                                     labels=self._labels(session_id, "disk", name))
+            mounts.append(Mount("/var/lib/berth-disk", disk["Name"], type="volume"))
+        environment = {"BERTH_DISK_SIZE": self.config.machine_disk if profile.disk_bound == "loop" else ""}
         if self.mirror_container and network is not None:
             environment["BERTH_MIRROR"] = f"http://{MIRROR_ALIAS}:5000"
-        profile = dict(profile)
-        unconfined_paths = profile.pop("systempaths_unconfined", False)
+        options = dict(profile.options)
+        unconfined_paths = options.pop("systempaths_unconfined", False)
         host_config = api.create_host_config(
-            mounts=[Mount("/var/lib/berth-disk", disk["Name"], type="volume")],
+            mounts=mounts,
             mem_limit=self.config.machine_memory,
             memswap_limit=self.config.machine_memory,
             nano_cpus=int(self.config.machine_cpus * 1e9),
             pids_limit=self.config.machine_pids,
             network_mode=network.name if network is not None else "none",
-            **profile,
+            **options,
         )
         if unconfined_paths:
             # What `--security-opt systempaths=unconfined` means: the engine inside writes
@@ -633,6 +611,31 @@ class DockerMachines(MachineBackend):
             client = self._engines.pop(container_id, None)
         if client is not None:
             client.close()
+
+    # --- the firewall on the engine's host
+
+    def apply_firewall(self) -> None:
+        """Keep machines from the engine host's services and the networks around it
+        (isolation.egress_rules). The rules go in through the engine, in a short-lived
+        container in the host's network namespace, so that they land on the host that
+        runs the machines, whether Berth runs there, in a container or elsewhere."""
+        script = egress_rules(self.config.network_pool, self.config.allowed_networks)
+        try:
+            output = self.host.containers.run(
+                self.config.machine_image, ["sh", "-c", script], entrypoint=[], remove=True,
+                network_mode="host", userns_mode="host", cap_add=["NET_ADMIN", "NET_RAW"],
+                labels={LABEL_INSTANCE: self.instance_id, LABEL_ROLE: "firewall"},
+                stdout=True, stderr=True,
+            )
+        except docker.errors.ContainerError as error:
+            raise MachineError(
+                "The firewall that keeps machines from the host's own network could not be set up; "
+                "machines are not started without it. Does the engine manage iptables "
+                "(dockerd --iptables, the default)?",
+                (error.stderr or b"").decode("utf-8", "replace")[-2000:]) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            raise MachineError("The firewall for machines could not be set up.", str(error)) from None
+        log.info("firewall for %s: %s", self.config.network_pool, output.decode().strip())
 
     # --- Berth inside a container
 

@@ -194,7 +194,11 @@ def healthz():
                             "one, or set BERTH_BASE_IMAGE.")
         report["machine_image"] = config.machine_image
         report["base_image"] = config.base_image
-    report["machines_run_with"] = getattr(backend, "profile_name", "") or None
+    isolation = getattr(backend, "_profile", None)
+    report["machines_run_with"] = isolation.summary if isolation else None
+    report["isolation"] = isolation.name if isolation else None
+    if isolation and isolation.warning:
+        report["warning"] = isolation.warning
     if state.mirror is not None:
         report["mirror"] = state.mirror.status
         if state.mirror.status == "failed":
