@@ -47,12 +47,17 @@ DEFAULT_PAGES = {
 
 @dataclass(frozen=True)
 class Finding:
-    """One assertion of a check and what Berth saw: ok, and a sentence for the learner."""
+    """One assertion of a check and what Berth saw: ok, and a sentence for the learner. A
+    tip is advice that holds nothing back (it is ok): "name it with docker tag" for an image
+    committed without a name, which is a correct commit all the same."""
 
     ok: bool
     message: str
+    tip: bool = False
 
     def as_json(self) -> dict[str, Any]:
+        if self.tip:
+            return {"ok": self.ok, "message": self.message, "tip": True}
         return {"ok": self.ok, "message": self.message}
 
 
@@ -602,7 +607,8 @@ class ImageParams(Params):
     machine: str
     name: str | None = None
     committed_from: str | None = None
-    tagged: bool = Field(default=True, description="the image must have a name (a tag)")
+    tagged: bool = Field(default=False, description="the image must have a name (a tag); "
+                                                    "otherwise an unnamed one passes, with a tip to name it")
 
     @model_validator(mode="after")
     def _one_way(self) -> ImageParams:
@@ -613,7 +619,7 @@ class ImageParams(Params):
 
 @kind("image", ImageParams)
 def image(ctx: Context, p: ImageParams) -> list[Finding]:
-    """An image exists (by name), or one was committed from a container, with a tag."""
+    """An image exists (by name), or one was committed from a container (named or not)."""
     if p.name is not None:
         found = resolve(ctx, p.name, p.machine)
         if found.problem:
@@ -626,11 +632,15 @@ def image(ctx: Context, p: ImageParams) -> list[Finding]:
         return [Finding(False, f"No image has been committed from {p.committed_from} yet "
                                f"(docker commit {p.committed_from} NAME:TAG).")]
     tagged = [i for i in images if image_label(i) != short(i["Id"])]
-    if p.tagged and not tagged:
+    if not tagged:
         newest = short(images[0]["Id"])
-        return [Finding(True, f"An image was committed from {p.committed_from} ({newest})."),
-                Finding(False, f"It has no name, so docker images lists it as <none>: docker tag {newest} NAME:TAG.")]
-    best = (tagged or images)[0]
+        unnamed = f"It has no name, so docker images lists it as <none>: docker tag {newest} NAME:TAG"
+        if p.tagged:
+            return [Finding(True, f"An image was committed from {p.committed_from} ({newest})."),
+                    Finding(False, unnamed + ".")]
+        return [Finding(True, f"An image was committed from {p.committed_from} ({newest}) and is listed by docker images."),
+                Finding(True, unnamed + " names it; its ID works wherever a name does.", tip=True)]
+    best = tagged[0]
     return [Finding(True, f"{image_label(best)} was committed from {p.committed_from} and is listed by docker images.")]
 
 
@@ -737,6 +747,8 @@ def saved_archive(ctx: Context, p: ArchiveParams) -> list[Finding]:
     if holding:
         best = holding[0]
         form = " (compressed)" if best.form == "compressed" else ""
+        if best.form == "tar" and best.path.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
+            form = " (a plain tar, whatever its name says: docker save does not compress)"
         return [Finding(True, f"{best.path} on {p.machine} is a docker save archive of {wanted.label}{form}.")]
     unfinished = [a for a in found if a.error and not a.configs]
     if unfinished:

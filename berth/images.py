@@ -5,13 +5,16 @@ unmodified `docker pull IMAGE` works in a machine with no public registry in rea
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import docker
 import docker.errors
@@ -23,6 +26,16 @@ log = logging.getLogger(__name__)
 
 DEBIAN_BASE = "debian:bookworm"
 LABEL_SOURCE = "berth.source"
+# A base image made here is made as Debian makes its official one: a root file system added
+# to an empty image, bash as the command, and no apt package lists or downloads in it. So it
+# behaves as the pulled one does in all a lesson can notice: `docker run IMAGE` starts bash,
+# PATH is set (the builder's default for an image from scratch), the working directory is /,
+# `docker history` shows the ADD and the CMD, and `apt-get install` wants `apt-get update`
+# first. (`docker import` alone gives an image with no command and no PATH.)
+BASE_DOCKERFILE = """FROM scratch
+ADD rootfs.tar /
+CMD ["bash"]
+"""
 
 
 def split_reference(image: str) -> tuple[str, str]:
@@ -46,6 +59,26 @@ def mirror_path(image: str) -> str | None:
     if len(parts) == 1:
         parts = ["library", *parts]
     return "/".join(parts) + ":" + tag
+
+
+def left_out_of_base(member: tarfile.TarInfo) -> bool:
+    """apt's package lists and downloaded packages, which Debian's own image leaves out."""
+    name = member.name.removeprefix("./")
+    if not member.isreg():
+        return False
+    if name.startswith("var/lib/apt/lists/"):
+        return name != "var/lib/apt/lists/lock"
+    return name.startswith("var/cache/apt/") and name.endswith((".deb", ".bin"))
+
+
+def write_rootfs(source: IO[bytes], target: Path) -> None:
+    """Copy a root file system's tar (read as a stream) to `target`, without what
+    left_out_of_base names."""
+    with tarfile.open(fileobj=source, mode="r|") as given, \
+            tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as kept:
+        for member in given:
+            if not left_out_of_base(member):
+                kept.addfile(member, given.extractfile(member) if member.isreg() else None)
 
 
 def _say(message: str) -> None:
@@ -86,8 +119,14 @@ class Setup:
             return False
 
     def debian_base(self) -> None:
-        """debian:bookworm, from a registry or built from Debian's own packages."""
-        if self.has(DEBIAN_BASE) or self.pull(DEBIAN_BASE):
+        """debian:bookworm, from a registry or built from Debian's own packages; one an
+        earlier Berth imported without a command is rebuilt from its own files."""
+        if self.has(DEBIAN_BASE):
+            if not self.lacks_defaults(DEBIAN_BASE):
+                return
+            if self.rebuild_with_defaults(DEBIAN_BASE):
+                return
+        elif self.pull(DEBIAN_BASE):
             return
         if subprocess.run(["which", "debootstrap"], capture_output=True).returncode != 0:
             _say("installing debootstrap (Debian package; log: /var/log/berth-apt.log) ...")
@@ -96,7 +135,8 @@ class Setup:
                 for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "debootstrap"]):
                     if subprocess.run(command, env=env, stdout=apt_log, stderr=subprocess.STDOUT).returncode:
                         raise SystemExit("berth: installing debootstrap failed; see /var/log/berth-apt.log")
-        with tempfile.TemporaryDirectory(prefix="berth-rootfs-") as root:
+        with tempfile.TemporaryDirectory(prefix="berth-rootfs-") as root, \
+                tempfile.TemporaryDirectory(prefix="berth-base-") as context:
             _say(f"no registry answers: building {DEBIAN_BASE} from Debian packages with "
                  "debootstrap (about 30 s) ...")
             started = time.monotonic()
@@ -108,12 +148,49 @@ class Setup:
             if run.wait() != 0:
                 raise SystemExit("berth: debootstrap failed; see its output above")
             tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
-            imported = subprocess.run(["docker", "import", "-", DEBIAN_BASE], stdin=tar.stdout,
-                                      capture_output=True, text=True)
-            tar.wait()
-            if imported.returncode != 0:
-                raise SystemExit(f"berth: docker import failed: {imported.stderr}")
+            write_rootfs(tar.stdout, Path(context) / "rootfs.tar")  # type: ignore[arg-type]
+            if tar.wait() != 0:
+                raise SystemExit("berth: packing the root file system failed")
+            self.build_base(Path(context), DEBIAN_BASE)
             _say(f"built {DEBIAN_BASE} in {time.monotonic() - started:.0f} s")
+
+    def lacks_defaults(self, image: str) -> bool:
+        """True for an image without a command or PATH, as `docker import` leaves it: the
+        official images have both, and `docker run IMAGE` fails without a command."""
+        config = self.client.api.inspect_image(image).get("Config") or {}
+        return not config.get("Cmd") or not any(e.startswith("PATH=") for e in config.get("Env") or [])
+
+    def rebuild_with_defaults(self, image: str) -> bool:
+        """Give an imported one-layer image the official defaults, keeping its files: its
+        layer (from `docker save`) becomes the root file system of BASE_DOCKERFILE. False
+        when the image is not one layer (then it is built afresh)."""
+        attrs = self.client.api.inspect_image(image)
+        if len(attrs.get("RootFS", {}).get("Layers") or []) != 1:
+            return False
+        _say(f"{image} has no command (an earlier Berth imported it): rebuilding it with bash "
+             "as its command and PATH set, from its own files ...")
+        with tempfile.TemporaryDirectory(prefix="berth-base-") as context:
+            with tempfile.TemporaryFile() as saved:
+                for chunk in self.client.api.get_image(attrs["Id"]):
+                    saved.write(chunk)
+                saved.seek(0)
+                with tarfile.open(fileobj=saved) as archive:
+                    manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
+                    layer = archive.extractfile(manifest[0]["Layers"][0])
+                    write_rootfs(layer, Path(context) / "rootfs.tar")  # type: ignore[arg-type]
+            self.build_base(Path(context), image)
+        try:
+            self.client.api.remove_image(attrs["Id"])
+        except docker.errors.APIError:
+            pass  # images built on it still use it; it goes when they are rebuilt and pruned
+        return True
+
+    def build_base(self, context: Path, tag: str) -> None:
+        """Build `tag` from BASE_DOCKERFILE and the rootfs.tar in `context`."""
+        (context / "Dockerfile").write_text(BASE_DOCKERFILE)
+        for chunk in self.client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True):
+            if "error" in chunk:
+                raise SystemExit(f"berth: building {tag} failed: {chunk['error']}")
 
     def base_image(self) -> str:
         """The base image lessons use; returns the name to put in BERTH_BASE_IMAGE."""

@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,23 @@ class Report:
         self.say(f"  FAIL {text}")
 
 
+def wait_until_done(checked_now: Callable[[], list[dict]], task_id: str, within: float = DONE_WITHIN) -> dict:
+    """Check until the task is done or `within` seconds have passed; its last state (as in
+    the API's task list). `checked_now` checks and returns the task list: the self-test asks
+    its checker, tests of a running server ask the API, so both wait alike."""
+    deadline = time.monotonic() + within
+    while True:
+        state = next(t for t in checked_now() if t["id"] == task_id)
+        if state["status"] == "done" or time.monotonic() > deadline:
+            return state
+        time.sleep(1)
+
+
+def missing(state: dict) -> str:
+    """What a pending task still lacks, in its checks' words."""
+    return "; ".join(f["message"] for f in state["feedback"] if not f["ok"]) or "no feedback"
+
+
 def selftest_lesson(berth, checker: Checker, slug: str, wait: float = DONE_WITHIN) -> Report:
     report = Report(slug)
     lesson = berth.library.get(slug)
@@ -88,6 +106,10 @@ def selftest_lesson(berth, checker: Checker, slug: str, wait: float = DONE_WITHI
                 report.say(f"  {task.id:<12} pending at first: {first}")
         ctx.close()
 
+        def checked_now() -> list[dict]:
+            checker.check_now(record.id)
+            return checker.task_list(record.id)
+
         for task in lesson.tasks:
             began = time.monotonic()
             for step in task.solution:
@@ -98,19 +120,12 @@ def selftest_lesson(berth, checker: Checker, slug: str, wait: float = DONE_WITHI
                                 f"{result.exit_code}: {result.text.strip()[-400:]}")
                     return report
             ran = time.monotonic() - began
-            deadline = time.monotonic() + wait
-            while True:
-                checker.check_now(record.id)
-                state = next(t for t in checker.task_list(record.id) if t["id"] == task.id)
-                if state["status"] == "done" or time.monotonic() > deadline:
-                    break
-                time.sleep(1)
+            state = wait_until_done(checked_now, task.id, wait)
             waited = time.monotonic() - began - ran
             if state["status"] == "done":
                 report.say(f"  {task.id:<12} done (solution {ran:.1f} s, then done after {waited:.1f} s)")
             else:
-                missing = "; ".join(f["message"] for f in state["feedback"] if not f["ok"]) or "no feedback"
-                report.fail(f"task {task.id} is still pending {wait:.0f} s after its solution: {missing}")
+                report.fail(f"task {task.id} is still pending {wait:.0f} s after its solution: {missing(state)}")
                 return report
         report.say(f"{slug}: ok in {time.monotonic() - started:.0f} s")
         return report

@@ -78,7 +78,7 @@ def test_the_whole_lesson_typed_into_the_page(server, browser):
         expect(page.locator("#connection")).to_have_attribute("data-state", "connected", timeout=30_000)
         expect(page.locator("#progress")).to_have_text("0 of 5 tasks done", timeout=15_000)
         expect(page.locator("#lesson")).to_contain_text(f"docker run -dit --name ubuntu001 -e VAR1=ubuntu "
-                                                         f"-e VAR2=webserver -p 3000:3000 {base} bash")
+                                                         f"-e VAR2=webserver -p 3000:3000 {base}")
         page.evaluate(RECORD_TICKS)
         learner = Learner(page)
         for machine in lesson.machines:  # both shells are up

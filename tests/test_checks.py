@@ -247,7 +247,11 @@ def test_committed_images(lab):
            (True, "my-web:1.0 was committed from ubuntu001 and is listed by docker images."))
     expect(lab.check("image", machine="workstation", committed_from="spelled-long"),
            (True, "small:1 was committed from spelled-long"))
-    expect(lab.check("image", machine="workstation", committed_from="spelled-env-file"),
+    unnamed = lab.check("image", machine="workstation", committed_from="spelled-env-file")
+    expect(unnamed, (True, "An image was committed from spelled-env-file"), (True, "It has no name"))
+    assert [f.tip for f in unnamed] == [False, True]  # advice to name it: it holds nothing back
+    assert unnamed[1].as_json()["tip"] is True and "tip" not in unnamed[0].as_json()
+    expect(lab.check("image", machine="workstation", committed_from="spelled-env-file", tagged=True),
            (True, "An image was committed from spelled-env-file"), (False, "It has no name"))
     expect(lab.check("image", machine="workstation", committed_from="wrong"),
            (False, "No image has been committed from wrong yet (docker commit wrong NAME:TAG)."))
@@ -280,7 +284,8 @@ SMALL = {"committed_from": "spelled-long"}
     ("/root/a", True, "/root/a/small.tar on workstation is a docker save archive of small:1."),  # save -o
     ("/root/b", True, "/root/b/small.tar on workstation is a docker save archive of small:1."),  # save >
     ("/root/c", True, "/root/c/small.tar.gz on workstation is a docker save archive of small:1 (compressed)."),
-    ("/root/d", True, "/root/d/small.tar.gz on workstation is a docker save archive of small:1."),  # -o: plain tar
+    ("/root/d", True, "/root/d/small.tar.gz on workstation is a docker save archive of small:1 "  # -o: plain tar
+                      "(a plain tar, whatever its name says: docker save does not compress)."),
     ("/root/e", False, "/root/e/base.tar on workstation is a docker save archive, but of {base}, not small:1."),
     ("/root/f", False, "/root/f/cut.tar on workstation is not a whole archive (yet?)"),
     ("/root/g", False, "There is no docker save archive of small:1 on workstation yet (looked in /root/g)."),

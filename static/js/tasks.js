@@ -14,7 +14,7 @@
   function showFeedback(list, feedback) {
     const items = feedback.map((item) => {
       const li = document.createElement("li");
-      li.className = item.ok ? "ok" : "missing";
+      li.className = item.tip ? "tip" : item.ok ? "ok" : "missing"; // a tip is advice, not a tick
       li.textContent = item.message; // text, never HTML: messages quote what the learner typed
       return li;
     });
