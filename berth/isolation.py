@@ -95,6 +95,8 @@ def choose(info: dict, config: Config) -> Isolation:
             "device_cgroup_rules": ["b 7:* rwm", "c 10:237 rwm"],
             "cgroupns": "private",
             **({"runtime": runtime} if runtime else {}),
+            # on an engine that remaps users, this profile opts out of it, by name
+            **({"userns_mode": "host"} if _engine_has_userns(info) else {}),
         }
         return Isolation("trusted", f"{runtime or 'runc'} in the host's user namespace with SYS_ADMIN "
                          "(BERTH_ISOLATION=trusted)", options, "loop" if disk else "",

@@ -286,6 +286,11 @@ class DockerMachines(MachineBackend):
         return isolation
 
     @property
+    def isolation(self) -> Isolation | None:
+        """How machines are isolated here, once the probe has proved it."""
+        return self._profile
+
+    @property
     def profile(self) -> Isolation:
         if self._profile is None:
             self.detect_profile()

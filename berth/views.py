@@ -194,7 +194,7 @@ def healthz():
                             "one, or set BERTH_BASE_IMAGE.")
         report["machine_image"] = config.machine_image
         report["base_image"] = config.base_image
-    isolation = getattr(backend, "_profile", None)
+    isolation = getattr(backend, "isolation", None)
     report["machines_run_with"] = isolation.summary if isolation else None
     report["isolation"] = isolation.name if isolation else None
     if isolation and isolation.warning:
@@ -249,8 +249,10 @@ def lesson_page(slug: str):
         except SessionError as error:
             return render_template("unavailable.html", message=error.message, lesson=lesson), error.status
         fresh = True
+    isolation = getattr(state.backend, "isolation", None)
     response = make_response(render_template("lesson.html", lesson=lesson, session=record, token=token,
-                                             tasks=task_list(record)))
+                                             tasks=task_list(record),
+                                             isolation_warning=isolation.warning if isolation else ""))
     if fresh:
         response.set_cookie(cookie_name(slug), f"{record.id}:{token}", httponly=True, samesite="Strict",
                             secure=request.is_secure, path="/", max_age=state.config.session_ttl)

@@ -30,8 +30,10 @@ def berth_container(engine):
         TAG, detach=True, name=f"berth-test-{port}", ports={"5000/tcp": ("127.0.0.1", port)},
         volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
                  volume.name: {"bind": "/data", "mode": "rw"}},
-        environment={"BERTH_BASE_IMAGE": os.environ.get("BERTH_BASE_IMAGE", "ubuntu:latest")},
-        sysctls={"net.ipv4.ip_forward": "0"},
+        environment={"BERTH_BASE_IMAGE": os.environ.get("BERTH_BASE_IMAGE", "ubuntu:latest"),
+                     "BERTH_NETWORK_POOL": os.environ.get("BERTH_NETWORK_POOL", "10.213.0.0/16")},
+        # on an engine that remaps users, only the host's user namespace may use its socket
+        sysctls={"net.ipv4.ip_forward": "0"}, userns_mode="host",
     )
     url = f"http://127.0.0.1:{port}"
     try:

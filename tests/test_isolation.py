@@ -347,3 +347,20 @@ umount /merged
 
 def _base_image() -> str:
     return os.environ.get("BERTH_BASE_IMAGE", "ubuntu:latest")
+
+
+def test_the_weaker_profile_runs_only_when_named_and_says_so(engine, tmp_path):
+    trusted = BerthServer(tmp_path / "trusted", {"BERTH_ISOLATION": "trusted",
+                                                 "BERTH_NETWORK_POOL": "10.216.0.0/16"}).start()
+    try:
+        health = trusted.get("/healthz").json()
+        assert health["isolation"] == "trusted" and "reach the host" in health["warning"], health
+        assert "reach the host" in trusted.log_tail(200)  # said at start-up, in the log
+        page = trusted.get("/lessons/docker-images")
+        assert page.status_code == 200 and 'class="problem isolation-warning"' in page.text
+        session = trusted.create_session()
+        code, out = in_machine(engine, session, "workstation", f"docker run --rm {_base_image()} echo nested-ok")
+        assert code == 0 and "nested-ok" in out, out
+    finally:
+        trusted.stop()
+        remove_instance(engine, trusted.instance_id)

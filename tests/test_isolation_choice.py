@@ -37,6 +37,8 @@ def test_the_weaker_profile_only_when_named_and_with_a_warning():
     isolation = choose(PLAIN, config(isolation="trusted"))
     assert isolation.name == "trusted" and "reach the host" in isolation.warning
     assert isolation.disk_bound == "loop" and isolation.engine_volume
+    # on an engine that remaps users, the weaker profile opts out of the user namespace
+    assert choose(USERNS_BTRFS, config(isolation="trusted")).options["userns_mode"] == "host"
 
 
 def test_a_disk_bound_the_engine_cannot_keep_is_refused():
