@@ -23,12 +23,13 @@ from urllib.parse import quote, urlsplit
 
 import docker.errors
 import requests.exceptions
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request
 from werkzeug.datastructures import Headers
 
 from .machines import Machine, MachineError
-from .store import SessionRecord
-from .views import ApiError, authenticated, berth, iso
+from .ports import PortWatch, PublishedPort, port_bindings
+from .store import SessionRecord, iso
+from .web import ApiError, authenticated, current_berth
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ CHUNK = 64 * 1024
 CONNECT_TIMEOUT = 5  # seconds to open a connection to the machine's port
 ANSWER_TIMEOUT = 30  # seconds for the learner's server to start answering
 IDLE_TIMEOUT = 600  # seconds a streamed answer (or a WebSocket) may stay silent
-PORTS_TTL = 2.0  # seconds a listing of published ports is reused: a page of twenty files asks once
 
 # What a learner's page may do: run its scripts and forms in an origin of its own (no
 # allow-same-origin), so it can never read Berth's pages or act with the learner's cookie.
@@ -58,81 +58,8 @@ DROP_RESPONSE = HOP_BY_HOP | {"server", "date", "strict-transport-security", "cl
 LOCAL_NAMES = {"localhost", "127.0.0.1", "0.0.0.0", "::1", "[::1]"}
 
 
-# --- published ports
-
-@dataclass(frozen=True)
-class PublishedPort:
-    """A TCP port of the machine that a container in it publishes (`-p 3000:80`)."""
-
-    port: int  # on the machine
-    container: str
-    container_id: str
-    container_port: int  # inside the container
-    host_ip: str  # the address inside the machine it is published on; 0.0.0.0 = all
-    state: str  # running or paused
-
-    @property
-    def loopback_only(self) -> bool:
-        return self.host_ip.startswith("127.") or self.host_ip == "::1"
-
-
-def list_published(engine) -> list[PublishedPort]:
-    """The TCP ports the running containers of one machine's engine publish, by port."""
-    found: dict[int, PublishedPort] = {}
-    for summary in engine.api.containers():
-        name = (summary.get("Names") or ["/?"])[0].lstrip("/")
-        for entry in summary.get("Ports") or []:
-            public = entry.get("PublicPort")
-            if entry.get("Type") != "tcp" or not public:
-                continue
-            candidate = PublishedPort(int(public), name, summary["Id"], int(entry.get("PrivatePort") or 0),
-                                      entry.get("IP") or "0.0.0.0", summary.get("State") or "running")
-            known = found.get(candidate.port)
-            # 0.0.0.0 and :: are listed apart; one reachable entry is enough.
-            if known is None or (known.loopback_only and not candidate.loopback_only):
-                found[candidate.port] = candidate
-    return sorted(found.values(), key=lambda p: p.port)
-
-
-@dataclass
-class _Listing:
-    at: float
-    ports: list[PublishedPort] = field(default_factory=list)
-
-
-class PortWatch:
-    """Published ports per machine, read from each machine's own engine and remembered
-    for a moment (PORTS_TTL)."""
-
-    def __init__(self, backend, ttl: float = PORTS_TTL):
-        self.backend = backend
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._listings: dict[str, _Listing] = {}
-
-    def ports(self, machine: Machine, fresh: bool = False) -> list[PublishedPort]:
-        now = time.monotonic()
-        with self._lock:
-            listing = self._listings.get(machine.container_id)
-        if listing is not None and not fresh and now - listing.at < self.ttl:
-            return listing.ports
-        try:
-            ports = list_published(self.backend.engine(machine))
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
-            raise MachineError(f"The Docker engine of {machine.name} does not answer right now; "
-                               "try again in a moment.", str(error)) from None
-        with self._lock:
-            if len(self._listings) > 1000:  # machines come and go; never grow without bound
-                self._listings.clear()
-            self._listings[machine.container_id] = _Listing(now, ports)
-        return ports
-
-    def port(self, machine: Machine, number: int) -> PublishedPort | None:
-        return next((p for p in self.ports(machine) if p.port == number), None)
-
-
 def watch() -> PortWatch:
-    return current_app.extensions["berth_ports"]
+    return current_berth().ports
 
 
 # --- who may preview
@@ -141,7 +68,7 @@ def preview_key(record: SessionRecord) -> str:
     """A key that lets a URL reach this session's previews and nothing else. Previews need
     it because a sandboxed page's own requests (its images, its links) carry no cookies."""
     message = f"preview:{record.id}:{record.token_hash}".encode()
-    return hmac.new(berth().secret_key.encode(), message, hashlib.sha256).hexdigest()[:32]
+    return hmac.new(current_berth().secret_key.encode(), message, hashlib.sha256).hexdigest()[:32]
 
 
 def preview_prefix(record: SessionRecord, machine: str, port: int) -> str:
@@ -153,10 +80,10 @@ def authorize(segment: str) -> tuple[SessionRecord, bool]:
     may use it; and whether Berth's bearer token came in the Authorization header."""
     session_id, dot, key = segment.partition(".")
     if dot:
-        record = berth().sessions.get(session_id)
+        record = current_berth().sessions.get(session_id)
         if not hmac.compare_digest(key.encode(), preview_key(record).encode()):
             raise ApiError(403, "wrong_key", "That preview address does not belong to this session.")
-        berth().sessions.touch(record.id)
+        current_berth().sessions.touch(record.id)
         return record, False
     record = authenticated(session_id)
     return record, bool(request.headers.get("Authorization"))
@@ -186,7 +113,7 @@ def diagnose(machine: Machine, number: int, published: PublishedPort | None, err
 
 
 def _diagnose(machine: Machine, number: int, published: PublishedPort | None, error: str) -> Diagnosis:
-    engine = berth().backend.engine(machine)
+    engine = current_berth().backend.engine(machine)
     where = f"on {machine.name}"
     if published is None:
         stopped = _stopped_publisher(engine, number)
@@ -268,12 +195,10 @@ def _stopped_publisher(engine, number: int) -> tuple[str, str, int | None] | Non
             info = engine.api.inspect_container(summary["Id"])
         except docker.errors.NotFound:
             continue
-        for bindings in ((info.get("HostConfig") or {}).get("PortBindings") or {}).values():
-            for binding in bindings or []:
-                if str(binding.get("HostPort") or "") == str(number):
-                    state = info.get("State") or {}
-                    code = state.get("ExitCode") if state.get("Status") != "created" else None
-                    return info["Name"].lstrip("/"), state.get("Status", "exited"), code
+        if any(port == number for published in port_bindings(info).values() for _, port in published):
+            state = info.get("State") or {}
+            code = state.get("ExitCode") if state.get("Status") != "created" else None
+            return info["Name"].lstrip("/"), state.get("Status", "exited"), code
     return None
 
 
@@ -289,7 +214,7 @@ def _inside(machine: Machine, engine, container_id: str) -> tuple[list[tuple[int
         return None, []
     if not pid:
         return None, processes
-    result = berth().backend.exec(machine, ["cat", f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"], timeout=10)
+    result = current_berth().backend.exec(machine, ["cat", f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"], timeout=10)
     if result.exit_code != 0 and not result.output:
         return None, processes
     return parse_listening(result.text), processes
@@ -351,7 +276,7 @@ def proxy(session: str, machine_name: str, port: int, path: str):
     record, bearer = authorize(session)
     if not 1 <= port <= 65535:
         raise ApiError(404, "not_found", "A port is a number from 1 to 65535.")
-    machine = berth().sessions.machine(record.id, machine_name)
+    machine = current_berth().sessions.machine(record.id, machine_name)
     if "." not in session and not bearer and request.method == "GET" and _navigating() and not _is_websocket():
         # The browser came with the cookie, which the sandboxed page's own requests will not
         # carry: continue at the keyed address, where its images and links work too.
@@ -452,7 +377,7 @@ def _body_chunks() -> Iterator[bytes] | None:
     """The request body, streamed; None when there is none."""
     if request.content_length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         return None
-    request.max_content_length = berth().config.upload_limit
+    request.max_content_length = current_berth().config.upload_limit
     stream = request.stream
 
     def chunks():
@@ -469,7 +394,8 @@ def forward(target: Target) -> Response:
         # Pages come back uncompressed so their root-relative links can be kept under the prefix.
         headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [("Accept-Encoding", "identity")]
     body = _body_chunks()
-    connection = http.client.HTTPConnection(machine.address, published.port, timeout=CONNECT_TIMEOUT)
+    connection = http.client.HTTPConnection(*current_berth().backend.reach(machine, published.port),
+                                            timeout=CONNECT_TIMEOUT)
     try:
         connection.connect()
         sock = connection.sock
@@ -639,7 +565,8 @@ def websocket(target: Target):
     lines += [f"{name}: {value}" for name, value in _request_headers(target)]
     lines += ["Connection: Upgrade", "Upgrade: websocket"]
     try:
-        upstream = socket.create_connection((machine.address, published.port), timeout=CONNECT_TIMEOUT)
+        upstream = socket.create_connection(current_berth().backend.reach(machine, published.port),
+                                            timeout=CONNECT_TIMEOUT)
     except OSError as error:
         return problem_response(machine.name, published.port, diagnose(machine, published.port, published, str(error)))
     try:
@@ -670,7 +597,7 @@ def ports(session_id: str):
     """Published ports per machine, with the preview address of each."""
     record = authenticated(session_id)
     # One look at the host engine for all the machines: the page asks every few seconds.
-    found = {m.name: m for m in berth().backend.machines(record.id)}
+    found = {m.name: m for m in current_berth().backend.machines(record.id)}
     out = []
     for status in record.machines:
         entry: dict = {"name": status.name, "status": status.status, "ports": []}
@@ -693,6 +620,5 @@ def ports(session_id: str):
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["berth_ports"] = PortWatch(app.extensions["berth"].backend)
     app.register_blueprint(bp)
 

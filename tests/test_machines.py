@@ -204,7 +204,7 @@ def test_two_removers_at_once_both_return_with_everything_gone(engine, config):
     return while the other still has its machines, disks or network on the engine."""
     from berth import create_app
 
-    berth = create_app(config).extensions["berth"]
+    berth = create_app(config).berth
     try:
         wait_until_ready(berth)
         record, _ = berth.sessions.create("docker-images", wait=True)
