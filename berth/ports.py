@@ -7,10 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .machines import Machine, MachineBackend
+from typing import Any, Protocol
 
 PORTS_TTL = 2.0  # seconds a listing of published ports is reused: a page of twenty files asks once
 
@@ -76,17 +73,25 @@ class _Listing:
     ports: list[PublishedPort] = field(default_factory=list)
 
 
+class PortSource(Protocol):
+    """What the port watch asks: the machines backend (this module stands below it)."""
+
+    def published_ports(self, machine: Any) -> list[PublishedPort]: ...
+
+
 class PortWatch:
     """Published ports per machine, asked of the machines backend and remembered for a
     moment (PORTS_TTL)."""
 
-    def __init__(self, backend: MachineBackend, ttl: float = PORTS_TTL):
+    def __init__(self, backend: PortSource, ttl: float = PORTS_TTL):
         self.backend = backend
         self.ttl = ttl
         self._lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
 
-    def ports(self, machine: Machine, fresh: bool = False) -> list[PublishedPort]:
+    def ports(self, machine: Any, fresh: bool = False) -> list[PublishedPort]:
+        """The machine's (a machines.Machine) published ports; MachineError if its engine
+        does not answer."""
         now = time.monotonic()
         with self._lock:
             listing = self._listings.get(machine.container_id)
@@ -99,5 +104,5 @@ class PortWatch:
             self._listings[machine.container_id] = _Listing(now, ports)
         return ports
 
-    def port(self, machine: Machine, number: int) -> PublishedPort | None:
+    def port(self, machine: Any, number: int) -> PublishedPort | None:
         return next((p for p in self.ports(machine) if p.port == number), None)

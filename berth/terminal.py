@@ -1,4 +1,4 @@
-"""The terminal bridge: Socket.IO namespace `/terminal` <-> a shell in a learner machine.
+"""The terminal bridge: a shell in a learner machine <-> the browser tabs showing it.
 
 Each shell lives in its machine under a keeper (`berth-shell`, in the machine image; its
 socket is `/run/berth/shells/NAME.sock`), so a page reload, a dropped network and a
