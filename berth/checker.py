@@ -1,7 +1,7 @@
 """The checker: evaluates each session's tasks against the learner's own machines when
 something may have changed (an engine event, a command returned, Enter pressed, a slow
-timer), keeps the results in the progress store (a task once done stays done) and pushes
-the task list to the lesson page on the Socket.IO namespace /session."""
+timer), keeps the results in the progress store (a task once done stays done) and
+publishes every change of a session's task list (and of its machines' states) on the bus."""
 
 from __future__ import annotations
 
@@ -15,18 +15,16 @@ from typing import Any
 
 import docker.errors
 import requests.exceptions
-from flask import Flask, request
-from flask_socketio import ConnectionRefusedError, Namespace, emit, join_room
 
-from .checks import OWN_EXEC_MARK, Context, Facts, run_checks
-from .lessons import Lesson
-from .machines import Machine, MachineError
-from .sessions import SessionError
-from .store import SessionRecord, Store, TaskResult
+from .check_framework import OWN_EXEC_MARK, CheckRunner, Context, Facts
+from .config import Config
+from .events import Bus, LearnerActivity, MachinesChanged, TasksChanged
+from .lessons import Lesson, Library
+from .machines import Machine, MachineBackend, MachineError
+from .store import SessionRecord, Store, TaskResult, iso
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "/session"
 TICK = 0.2  # seconds between looks at timers
 SYNC_EVERY = 1.0  # seconds between looks at sessions and machine states in the store
 ENTER_DELAYS = (1.0, 3.0)  # after Enter, look again: a command in a container's shell sends no prompt mark
@@ -70,9 +68,14 @@ class Checker:
     """One per Berth. `request(session_id)` asks for a round soon (requests that come while
     a round runs are folded into one more round); `check_now` runs one and waits."""
 
-    def __init__(self, berth, socketio):
-        self.berth = berth
-        self.socketio = socketio
+    def __init__(self, config: Config, store: Store, library: Library, backend: MachineBackend,
+                 runner: CheckRunner, bus: Bus):
+        self.config = config
+        self.store = store
+        self.library = library
+        self.backend = backend
+        self.runner = runner
+        self.bus = bus
         self._watches: dict[str, Watch] = {}
         self._lock = threading.Lock()
         self._rounds = ThreadPoolExecutor(max_workers=8, thread_name_prefix="checker")
@@ -84,11 +87,9 @@ class Checker:
     # --- the task list, as the API and the page see it
 
     def task_list(self, session_id: str) -> list[dict[str, Any]]:
-        from .views import iso
-
-        record = self.berth.store.session(session_id)
-        lesson: Lesson | None = self.berth.library.get(record.lesson) if record else None
-        results = self.berth.store.task_results(session_id)
+        record = self.store.session(session_id)
+        lesson: Lesson | None = self.library.get(record.lesson) if record else None
+        results = self.store.task_results(session_id)
         tasks = []
         for task in lesson.tasks if lesson else ():
             result = results.get(task.id)
@@ -101,9 +102,18 @@ class Checker:
         return tasks
 
     def machine_states(self, session_id: str) -> list[dict[str, str]]:
-        return machine_states(self.berth.store.session(session_id))
+        return machine_states(self.store.session(session_id))
 
     # --- when to check
+
+    def on_activity(self, event: LearnerActivity) -> None:
+        """A command returned or files arrived: check now. After Enter, look again a little
+        later: a command in a container's shell sends no prompt mark when it returns."""
+        if event.what == "enter":
+            for delay in ENTER_DELAYS:
+                self.request_later(event.session_id, delay)
+        else:
+            self.request(event.session_id)
 
     def request(self, session_id: str) -> None:
         """Check the session's tasks soon, in the background."""
@@ -112,7 +122,7 @@ class Checker:
             return
         with watch.state:
             watch.wanted = True
-            if watch.running or watch.stopped:
+            if watch.running or watch.stopped or self._stop.is_set():
                 return
             watch.running = True
         self._rounds.submit(self._rounds_while_wanted, watch)
@@ -147,12 +157,12 @@ class Checker:
             existing = self._watches.get(session_id)
             if existing is not None:
                 return existing
-            record = self.berth.store.session(session_id)
+            record = self.store.session(session_id)
             if record is None or record.ended_at is not None or not record.machines \
                     or any(m.status != "ready" for m in record.machines):
                 return None
             try:
-                found = {m.name: m for m in self.berth.backend.machines(session_id)}
+                found = {m.name: m for m in self.backend.machines(session_id)}
             except MachineError as error:
                 log.warning("cannot watch session %s: %s", session_id, error.message)
                 return None
@@ -201,7 +211,7 @@ class Checker:
         while not watch.stopped and not self._stop.is_set():
             try:
                 machine = watch.machines[name]
-                stream = self.berth.backend.engine(machine).events(decode=True)
+                stream = self.backend.engine(machine).events(decode=True)
                 watch.streams[name] = stream
                 if watch.stopped:
                     stream.close()
@@ -223,7 +233,7 @@ class Checker:
 
     def _refresh_machines(self, watch: Watch) -> None:
         try:
-            watch.machines.update({m.name: m for m in self.berth.backend.machines(watch.session_id)})
+            watch.machines.update({m.name: m for m in self.backend.machines(watch.session_id)})
         except MachineError:
             pass
 
@@ -232,17 +242,17 @@ class Checker:
     def context(self, watch: Watch) -> Context:
         """What the session's checks may reach: its machines (an unknown name is said as a
         message by the context), their engines and commands in them."""
-        return Context(watch.machines.__getitem__, self.berth.backend.engine, self.berth.backend.exec,
-                       watch.cache, watch.own_execs, StoredFacts(self.berth.store, watch.session_id))
+        return Context(watch.machines.__getitem__, self.backend.engine, self.backend.exec,
+                       watch.cache, watch.own_execs, StoredFacts(self.store, watch.session_id), self.backend.reach)
 
     def _round(self, watch: Watch) -> None:
         with watch.round_lock:
-            store = self.berth.store
+            store = self.store
             record = store.session(watch.session_id)
             if record is None or record.ended_at is not None:
                 self.forget(watch.session_id)
                 return
-            lesson = self.berth.library.get(record.lesson)
+            lesson = self.library.get(record.lesson)
             if lesson is None:
                 return
             results = store.task_results(watch.session_id)
@@ -255,7 +265,7 @@ class Checker:
                     if not all(need in done for need in task.needs):
                         new = TaskResult(task.id, "pending", None, [])
                     else:
-                        findings = run_checks(ctx, [(c.kind, c.params) for c in task.checks])
+                        findings = self.runner.run(ctx, [(c.kind, c.params) for c in task.checks])
                         ok = all(f.ok for f in findings)
                         new = TaskResult(task.id, "done" if ok else "pending", time.time() if ok else None,
                                          [f.as_json() for f in findings])
@@ -274,7 +284,7 @@ class Checker:
         tasks = self.task_list(watch.session_id)
         if tasks != watch.last_sent:
             watch.last_sent = tasks
-            self.socketio.emit("tasks", tasks, namespace=NAMESPACE, to=watch.session_id)
+            self.bus.publish(TasksChanged(watch.session_id, tasks))
 
     # --- the timer
 
@@ -284,9 +294,13 @@ class Checker:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the timer, every session's event streams and the rounds."""
         self._stop.set()
         for session_id in list(self._watches):
             self.forget(session_id)
+        self._rounds.shutdown(wait=False, cancel_futures=True)
+        if self._thread is not None:
+            self._thread.join(10)
 
     def _tick_forever(self) -> None:
         last_sync = 0.0
@@ -299,7 +313,7 @@ class Checker:
                         due.append(heapq.heappop(self._later)[1])
                 for session_id in dict.fromkeys(due):
                     self.request(session_id)
-                interval = self.berth.config.check_interval
+                interval = self.config.check_interval
                 for watch in list(self._watches.values()):
                     if now - watch.last_round >= interval and not watch.running:
                         self.request(watch.session_id)
@@ -312,7 +326,7 @@ class Checker:
     def _sync(self) -> None:
         """Follow the store: watch sessions that became ready (also after a restart), forget
         ended ones, and tell pages when a machine's state changes."""
-        active = {record.id: record for record in self.berth.store.sessions()}
+        active = {record.id: record for record in self.store.sessions()}
         for session_id in list(self._watches):
             if session_id not in active:
                 self.forget(session_id)
@@ -320,7 +334,7 @@ class Checker:
             states = machine_states(record)
             if self._machine_states.get(session_id) != states:
                 self._machine_states[session_id] = states
-                self.socketio.emit("machines", states, namespace=NAMESPACE, to=session_id)
+                self.bus.publish(MachinesChanged(session_id, states))
             if session_id not in self._watches and record.machines and all(m.status == "ready" for m in record.machines):
                 self.watch(session_id)
 
@@ -328,49 +342,3 @@ class Checker:
 def machine_states(record: SessionRecord | None) -> list[dict[str, str]]:
     """A session's machines as the page's `machines` event carries them."""
     return [{"name": m.name, "status": m.status, "message": m.message} for m in (record.machines if record else [])]
-
-
-class SessionNamespace(Namespace):
-    """/session: the lesson page joins its session's room (auth {session, token}) and is
-    sent `tasks` and `machines` at once and whenever they change."""
-
-    def __init__(self, checker: Checker):
-        super().__init__(NAMESPACE)
-        self.checker = checker
-
-    def on_connect(self, auth=None):
-        auth = auth if isinstance(auth, dict) else {}
-        session_id, token = auth.get("session"), auth.get("token")
-        if not isinstance(session_id, str) or not isinstance(token, str):
-            raise ConnectionRefusedError("Send auth {session, token}.")
-        try:
-            record = self.checker.berth.sessions.authenticate(session_id, token)
-        except SessionError as error:
-            raise ConnectionRefusedError(error.message) from None
-        join_room(record.id)
-        emit("machines", self.checker.machine_states(record.id))
-        emit("tasks", self.checker.task_list(record.id))
-        log.debug("session %s: page %s connected", record.id, request.sid)  # type: ignore[attr-defined]
-        self.checker.request(record.id)
-
-
-def init_app(app: Flask) -> Checker:
-    from . import socketio
-
-    berth = app.extensions["berth"]
-    checker = Checker(berth, socketio)
-    app.extensions["berth_checker"] = checker
-    socketio.on_namespace(SessionNamespace(checker))
-    berth.subscribe("ready", checker.watch)
-    berth.subscribe("ended", checker.forget)
-    berth.subscribe("command", lambda session_id, machine=None: checker.request(session_id))
-    # a file uploaded or sent between machines (the save task's "share it") is checked at once
-    berth.subscribe("files", lambda session_id, machine=None: checker.request(session_id))
-
-    def entered(session_id: str, machine: str | None = None) -> None:
-        for delay in ENTER_DELAYS:
-            checker.request_later(session_id, delay)
-
-    berth.subscribe("enter", entered)
-    checker.start()
-    return checker

@@ -4,35 +4,25 @@ published ports) and saying one thing per assertion ("ubuntu001 is running", "VA
 set"). Never terminal output, never scripts kept in the machine.
 
 A lesson names a kind and its parameters (`{kind: container, machine: workstation, ...}`);
-`run_checks` runs them, bounded in time, and turns any failure into a message."""
+the check framework (check_framework.py) runs them. Importing this module registers the kinds."""
 
 from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 import tarfile
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
 
-import docker
 import docker.errors
-import requests
 import requests.exceptions
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .machines import ExecResult, Machine, MachineError
+from .check_framework import CHECK_TIMEOUT, KINDS, CheckProblem, Context, Finding, Params, kind
+from .ports import port_bindings
 
-log = logging.getLogger(__name__)
+__all__ = ["KINDS"]
 
-CHECK_TIMEOUT = 10.0  # seconds a check may take before it is reported as too slow
-OWN_EXEC_MARK = "berth-check"  # last argument of the checks' own execs, to tell their events apart
 PROGRAM = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Texts of the pages web servers show before anyone changes them.
@@ -43,144 +33,6 @@ DEFAULT_PAGES = {
     "<html><body><h1>It works!</h1></body></html>": "Apache's default page",
     "Directory listing for": "a directory listing",
 }
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One assertion of a check and what Berth saw: ok, and a sentence for the learner. A
-    tip is advice that holds nothing back (it is ok): "name it with docker tag" for an image
-    committed without a name, which is a correct commit all the same."""
-
-    ok: bool
-    message: str
-    tip: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        if self.tip:
-            return {"ok": self.ok, "message": self.message, "tip": True}
-        return {"ok": self.ok, "message": self.message}
-
-
-class CheckProblem(Exception):
-    """A check cannot look (a machine is gone, an engine does not answer): said as a message."""
-
-
-# --- what a check may reach
-
-class Facts:
-    """What checks learn and must not forget while the session lasts: sets of values by
-    kind and key. This one lives in memory; the checker's keeps them in the progress store."""
-
-    def __init__(self):
-        self._values: dict[tuple[str, str], set[str]] = {}
-
-    def recall(self, kind: str, key: str) -> set[str]:
-        return set(self._values.get((kind, key), ()))
-
-    def remember(self, kind: str, key: str, value: str) -> None:
-        self._values.setdefault((kind, key), set()).add(value)
-
-
-class Context:
-    """What the checks of one session may reach: each machine, its own engine, commands run
-    in it, files in it and its published ports. Results fetched once per round are kept
-    (`memo`); `session_cache` lives as long as the session (archive listings)."""
-
-    def __init__(self, machine: Callable[[str], Machine], engine: Callable[[Machine], docker.DockerClient],
-                 execute: Callable[..., ExecResult], session_cache: dict | None = None,
-                 own_execs: set[str] | None = None, facts: Facts | None = None):
-        self.facts = facts if facts is not None else Facts()
-        self._machine = machine
-        self._engine = engine
-        self._execute = execute
-        self.session_cache = session_cache if session_cache is not None else {}
-        self.own_execs = own_execs if own_execs is not None else set()
-        self._memo: dict[Any, Any] = {}
-        self._locks: dict[Any, threading.Lock] = {}
-        self._lock = threading.Lock()
-        self.http = requests.Session()
-        self.http.trust_env = False  # never through a proxy: the machine is on Berth's own network
-
-    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
-        """make() once per key and round, even when checks ask at the same time."""
-        with self._lock:
-            if key in self._memo:
-                return self._memo[key]
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            with self._lock:
-                if key in self._memo:
-                    return self._memo[key]
-            value = make()
-            with self._lock:
-                self._memo[key] = value
-            return value
-
-    def machine(self, name: str) -> Machine:
-        def find() -> Machine:
-            try:
-                return self._machine(name)
-            except KeyError:
-                raise CheckProblem(f"This session has no machine {name}.") from None
-        return self.memo(("machine", name), find)
-
-    def engine(self, name: str) -> docker.DockerClient:
-        return self._engine(self.machine(name))
-
-    def run_in_machine(self, name: str, argv: list[str], timeout: float = 8) -> ExecResult:
-        return self._execute(self.machine(name), argv, timeout=timeout)
-
-    def containers(self, machine: str) -> list[dict]:
-        """Every container of the machine's engine, inspected."""
-        def make() -> list[dict]:
-            api = self.engine(machine).api
-            found = []
-            for summary in api.containers(all=True):
-                try:
-                    found.append(api.inspect_container(summary["Id"]))
-                except docker.errors.NotFound:
-                    pass  # removed meanwhile
-            return found
-        return self.memo(("containers", machine), make)
-
-    def container(self, machine: str, name: str) -> dict | None:
-        wanted = name.lstrip("/")
-        for attrs in self.containers(machine):
-            if attrs["Name"].lstrip("/") == wanted or attrs["Id"].startswith(wanted) and len(wanted) >= 12:
-                return attrs
-        return None
-
-    def images(self, machine: str) -> list[dict]:
-        """Every image of the machine's engine, inspected (the list lacks what commit records)."""
-        def make() -> list[dict]:
-            api = self.engine(machine).api
-            found = []
-            for summary in api.images():
-                try:
-                    found.append(api.inspect_image(summary["Id"]))
-                except docker.errors.ImageNotFound:
-                    pass
-            return found
-        return self.memo(("images", machine), make)
-
-    def run_in_container(self, machine: str, container_id: str, script: str, timeout: int = 8) -> tuple[int, str]:
-        """Run a shell script in a container of the machine. Its events carry OWN_EXEC_MARK
-        and its exec id is remembered, so the checker does not take them for the learner's."""
-        api = self.engine(machine).api
-        created = api.exec_create(container_id, ["timeout", str(timeout), "sh", "-c", script, OWN_EXEC_MARK])
-        self.own_execs.add(created["Id"])
-        output = api.exec_start(created["Id"])
-        code = api.exec_inspect(created["Id"]).get("ExitCode")
-        return (code if code is not None else -1), output.decode("utf-8", "replace")
-
-    def close(self) -> None:
-        self.http.close()
-
-
-# --- parameters shared by kinds
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ImageRef(Params):
@@ -255,25 +107,6 @@ def resolve(ctx: Context, ref: ImageRef | str, default_machine: str) -> Resolved
 
 # --- the kinds
 
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    params: type[Params]
-    run: Callable[[Context, Any], list[Finding]]
-    help: str
-
-
-KINDS: dict[str, Kind] = {}
-
-
-def kind(name: str, params: type[Params]):
-    """Register a check kind: a function (context, params) -> findings."""
-    def register(function: Callable[[Context, Any], list[Finding]]):
-        KINDS[name] = Kind(name, params, function, (function.__doc__ or "").strip())
-        return function
-    return register
-
-
 def _port(value: int | str) -> tuple[int, int]:
     """3000 -> (3000, 3000); "8080:80" -> (8080, 80): host port, container port."""
     text = str(value).removesuffix("/tcp")
@@ -344,23 +177,8 @@ def _env_findings(name: str, attrs: dict, env: dict[str, str]) -> list[Finding]:
     return findings
 
 
-def _published(attrs: dict) -> dict[int, list[tuple[str, int]]]:
-    """Container port -> [(host address, host port)], TCP only."""
-    running = attrs["State"].get("Running")
-    ports = (attrs["NetworkSettings"].get("Ports") if running else None) or attrs["HostConfig"].get("PortBindings") or {}
-    found: dict[int, list[tuple[str, int]]] = {}
-    for key, bindings in ports.items():
-        number, _, protocol = key.partition("/")
-        if protocol not in ("", "tcp"):
-            continue
-        for binding in bindings or []:
-            if binding.get("HostPort"):
-                found.setdefault(int(number), []).append((binding.get("HostIp") or "", int(binding["HostPort"])))
-    return found
-
-
 def _port_findings(name: str, attrs: dict, publish: list[int | str]) -> list[Finding]:
-    published = _published(attrs)
+    published = port_bindings(attrs)
     again = f"ports are published when a container is created: docker rm -f {name}, then docker run -p"
     findings = []
     for item in publish:
@@ -547,7 +365,8 @@ def _normal(text: str) -> str:
 def http(ctx: Context, p: HttpParams) -> list[Finding]:
     """A page is served on a port the machine publishes: from a given server, not a default
     page, the same as a file, containing a text."""
-    url = f"http://{ctx.machine(p.machine).address}:{p.port}{p.path}"
+    host, port = ctx.reach(p.machine, p.port)
+    url = f"http://{host}:{port}{p.path}"
     where = f"port {p.port} of {p.machine}"
     Where = "P" + where[1:]  # noqa: N806 - the same words, starting a sentence
     try:
@@ -782,42 +601,3 @@ def image_loaded(ctx: Context, p: LoadedParams) -> list[Finding]:
     if source and source != p.machine:
         return [Finding(True, f"{label} is on {p.machine}: the very image from {source}.")]
     return [Finding(True, f"{label} is on {p.machine}.")]
-
-
-# --- running checks
-
-_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="check")
-
-
-def evaluate(ctx: Context, kind_name: str, params: dict[str, Any]) -> list[Finding]:
-    """One check, its failures said as a message: never an exception."""
-    check = KINDS.get(kind_name)
-    if check is None:
-        return [Finding(False, f"Berth has no check {kind_name!r} (a mistake in the lesson).")]
-    try:
-        return check.run(ctx, check.params.model_validate(params))
-    except ValidationError as error:
-        return [Finding(False, f"The lesson's check {kind_name!r} is wrong: {error.errors()[0]['msg']}.")]
-    except CheckProblem as problem:
-        return [Finding(False, str(problem))]
-    except MachineError as error:
-        return [Finding(False, f"Berth could not check this: {error.message}")]
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
-        log.info("check %s failed: %s", kind_name, error)
-        return [Finding(False, f"Berth could not ask the machine's engine ({type(error).__name__}); it tries again.")]
-    except Exception:  # a bug in a check must not take the checker down
-        log.exception("check %s crashed", kind_name)
-        return [Finding(False, f"The check {kind_name!r} failed inside Berth; it is logged.")]
-
-
-def run_checks(ctx: Context, checks: list[tuple[str, dict[str, Any]]], timeout: float = CHECK_TIMEOUT) -> list[Finding]:
-    """Run checks side by side; each gets `timeout` seconds, then it is reported as slow."""
-    futures = [_pool.submit(evaluate, ctx, name, params) for name, params in checks]
-    deadline = time.monotonic() + timeout
-    findings: list[Finding] = []
-    for (name, _), future in zip(checks, futures, strict=True):
-        try:
-            findings += future.result(max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            findings.append(Finding(False, f"Checking this took longer than {timeout:.0f} s ({name}); Berth tries again."))
-    return findings

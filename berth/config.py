@@ -53,6 +53,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BERTH_DATA_DIR", "instance", "Where the progress store (SQLite), keys and certificates live; relative to the project folder.", str),
     Setting("BERTH_LESSONS_DIR", "lessons", "Folder of lessons, one sub-folder each; relative to the project folder.", str),
     Setting("BERTH_BASE_IMAGE", "ubuntu:latest", "The base image lessons use (what the learner runs). `./run` sets debian:bookworm when no registry answers.", str),
+    Setting("BERTH_MACHINES", "docker", "The machines backend: docker (machines are containers on DOCKER_HOST's engine), or module:Class of another (docs/architecture.md).", str),
     Setting("BERTH_MACHINE_IMAGE", "berth-machine:latest", "Image of a learner machine (built from machine/ by `./run`).", str),
     Setting("BERTH_MIRROR_IMAGE", "berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.", str),
     Setting("BERTH_MAX_SESSIONS", "20", "Most sessions at once; more are refused with 503 until one ends.", int),
@@ -85,6 +86,7 @@ class Config:
     data_dir: Path = PROJECT_DIR / "instance"
     lessons_dir: Path = PROJECT_DIR / "lessons"
     base_image: str = "ubuntu:latest"
+    machines: str = "docker"
     machine_image: str = "berth-machine:latest"
     mirror_image: str = "berth-mirror:latest"
     max_sessions: int = 20

@@ -2,7 +2,8 @@
 download from it, and send a file from one machine of the session to another ("Send to
 colleague"). Everything is streamed through the engine's archive API, so a saved image of
 hundreds of megabytes passes in constant memory; sizes are bounded by BERTH_UPLOAD_LIMIT,
-and paths are resolved inside the machine by its engine, never on Berth's own disk."""
+and paths are resolved inside the machine by its backend, never on Berth's own disk. Files
+move as tar archives (the machines contract's get_archive and put_archive)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,11 @@ import time
 from collections.abc import Iterable, Iterator
 from urllib.parse import quote
 
-import docker.errors
-import requests.exceptions
 from flask import Blueprint, Flask, Response, jsonify, request
 
-from .machines import Machine
-from .views import ApiError, authenticated, berth
+from .events import LearnerActivity
+from .machines import Archive, FileProblem, Machine
+from .web import ApiError, authenticated, current_berth
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,6 @@ bp = Blueprint("files", __name__, url_prefix="/api/sessions/<session_id>/machine
 WORKDIR = "/root"  # the learner's working directory in a machine
 CHUNK = 256 * 1024
 NOT_WRITABLE = ("/proc", "/sys", "/dev")  # the kernel's, not files
-# Go's os.FileMode type bits, as the engine reports them in an archive's stat.
-MODE_DIR = 1 << 31
-MODE_SYMLINK = 1 << 27
-MODE_TYPE = MODE_DIR | MODE_SYMLINK | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
-
-
 def human(size: int) -> str:
     """1073741824 -> '1 GiB', 1536 -> '1.5 KiB'."""
     value, unit = float(size), "bytes"
@@ -72,7 +66,7 @@ def check_writable(machine: Machine, path: str) -> None:
 
 
 def is_directory(machine: Machine, path: str) -> bool:
-    return berth().backend.exec(machine, ["test", "-d", path], timeout=10).exit_code == 0
+    return current_berth().backend.exec(machine, ["test", "-d", path], timeout=10).exit_code == 0
 
 
 def destination(machine: Machine, raw: str | None, name: str) -> str:
@@ -88,33 +82,24 @@ def destination(machine: Machine, raw: str | None, name: str) -> str:
 
 # --- the engine's archive API, streamed
 
-def _host_api(machine: Machine):
-    host = getattr(berth().backend, "host", None)
-    if host is None:
-        raise ApiError(501, "not_supported", "This machines backend cannot move files.")
-    return host.api
-
-
-def archive_error(machine: Machine, path: str, error: Exception) -> ApiError:
-    """The engine's complaint about a path, in the learner's words."""
-    text = str(getattr(error, "explanation", "") or error)
-    lower = text.lower()
-    status = getattr(error, "status_code", None)
-    if status == 404 or "no such file" in lower or "could not find the file" in lower:
+def archive_error(machine: Machine, path: str, problem: FileProblem) -> ApiError:
+    """The backend's complaint about a path, in the learner's words."""
+    text = problem.message
+    if problem.reason == "missing":
         return ApiError(404, "no_such_file", f"There is no {path} on {machine.name}.")
-    if "no space left" in lower or "quota" in lower:
+    if problem.reason == "disk_full":
         return ApiError(507, "disk_full", f"The disk of {machine.name} is full; remove something "
                         "(for example `docker image prune` or old tar files) and try again.")
-    if "not a directory" in lower:
+    if problem.reason == "not_a_directory":
         return ApiError(409, "not_a_directory", f"Part of {path} on {machine.name} is a file, not a directory.")
-    if "read-only" in lower or "permission denied" in lower:
+    if problem.reason == "not_writable":
         return ApiError(403, "not_writable", f"{path} on {machine.name} cannot be written.")
     log.warning("archive of %s on %s: %s", path, machine.name, text)
     return ApiError(502, "machine_error", f"{machine.name} could not move the file ({text[:200]}).")
 
 
 class ChunkReader(io.RawIOBase):
-    """A file object over an iterator of byte chunks (the engine's archive stream)."""
+    """A file object over an iterator of byte chunks (an archive streamed out of a machine)."""
 
     def __init__(self, chunks: Iterable[bytes]):
         self._chunks = iter(chunks)
@@ -141,30 +126,30 @@ class Source:
     def __init__(self, machine: Machine, path: str):
         self.machine = machine
         self.path = path
-        api = _host_api(machine)
+        backend = current_berth().backend
         for _ in range(8):  # follow symbolic links, as `cat` would
             try:
-                self.stream, self.stat = api.get_archive(machine.container_id, self.path, chunk_size=CHUNK)
-            except (docker.errors.APIError, requests.exceptions.RequestException) as error:
-                raise archive_error(machine, self.path, error) from None
-            target = (self.stat or {}).get("linkTarget") or ""
-            if not int((self.stat or {}).get("mode", 0)) & MODE_SYMLINK or not target:
+                self.stream: Archive = backend.get_archive(machine, self.path)
+            except FileProblem as problem:
+                raise archive_error(machine, self.path, problem) from None
+            info = self.stream.info
+            if info.kind != "link" or not info.link_target:
                 break
             self.close()
-            self.path = posixpath.normpath(posixpath.join(posixpath.dirname(self.path), target))
+            self.path = posixpath.normpath(posixpath.join(posixpath.dirname(self.path), info.link_target))
         else:
             raise ApiError(400, "bad_path", f"{path} on {machine.name} is a chain of too many links.")
-        self.mode = int((self.stat or {}).get("mode", 0))
-        self.size = int((self.stat or {}).get("size", 0))
-        self.name = (self.stat or {}).get("name") or posixpath.basename(self.path) or "file"
+        self.size = info.size
+        self.name = info.name or posixpath.basename(self.path) or "file"
+        self.kind = info.kind
 
     @property
     def is_directory(self) -> bool:
-        return bool(self.mode & MODE_DIR)
+        return self.kind == "directory"
 
     @property
     def is_file(self) -> bool:
-        return not self.mode & MODE_TYPE
+        return self.kind == "file"
 
     def raw(self) -> Iterator[bytes]:
         """The engine's tar archive as it comes (a directory)."""
@@ -191,9 +176,7 @@ class Source:
         return member.size, chunks()
 
     def close(self) -> None:
-        close = getattr(self.stream, "close", None)
-        if close:
-            close()
+        self.stream.close()
 
 
 def tar_stream(name: str, size: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -222,15 +205,14 @@ def write_file(machine: Machine, path: str, size: int, chunks: Iterable[bytes]) 
     check_writable(machine, path)
     directory, name = posixpath.split(path)
     temporary = posixpath.join(directory, f".{name[:200]}.berth-{secrets.token_hex(4)}")
-    api = _host_api(machine)
-    backend = berth().backend
+    backend = current_berth().backend
     done = False
     try:
         try:
             # Put at / with the whole path as the member's name: missing directories are made.
-            api.put_archive(machine.container_id, "/", tar_stream(temporary.lstrip("/"), size, chunks))
-        except docker.errors.APIError as error:
-            raise archive_error(machine, directory, error) from None
+            backend.put_archive(machine, "/", tar_stream(temporary.lstrip("/"), size, chunks))
+        except FileProblem as problem:
+            raise archive_error(machine, directory, problem) from None
         moved = backend.exec(machine, ["mv", "-fT", "--", temporary, path], timeout=30)
         if moved.exit_code != 0:
             message = moved.text.strip().split(": ", 1)[-1] or "it could not be renamed"
@@ -251,7 +233,7 @@ def attachment(name: str) -> str:
 
 
 def limit() -> int:
-    return berth().config.upload_limit
+    return current_berth().config.upload_limit
 
 
 def too_large(size: int) -> ApiError:
@@ -266,7 +248,7 @@ def too_large(size: int) -> ApiError:
 def upload(session_id: str, machine_name: str):
     """The request's body becomes a file in the machine (`?path=`, `?name=`)."""
     record = authenticated(session_id)
-    machine = berth().sessions.machine(record.id, machine_name)
+    machine = current_berth().sessions.machine(record.id, machine_name)
     size = request.content_length
     if size is None:
         raise ApiError(411, "length_required", "Send the file's size (Content-Length) with it.")
@@ -290,7 +272,7 @@ def upload(session_id: str, machine_name: str):
         while chunk := stream.read(CHUNK):
             yield chunk
     write_file(machine, path, size, chunks())
-    berth().notify("files", record.id, machine.name)
+    current_berth().bus.publish(LearnerActivity(record.id, machine.name, "files"))
     log.info("session %s: %s into %s:%s", record.id, human(size), machine.name, path)
     return jsonify(machine=machine.name, path=path, size=size), 201
 
@@ -299,7 +281,7 @@ def upload(session_id: str, machine_name: str):
 def download(session_id: str, machine_name: str):
     """A file of the machine (`?path=`), streamed; a directory comes as a tar archive."""
     record = authenticated(session_id)
-    machine = berth().sessions.machine(record.id, machine_name)
+    machine = current_berth().sessions.machine(record.id, machine_name)
     source = Source(machine, machine_path(request.args.get("path")))
     if source.is_directory:
         name = (posixpath.basename(source.path) or "root") + ".tar"
@@ -336,8 +318,8 @@ def copy(session_id: str, machine_name: str):
     to_path = body.get("to_path")
     if to_path is not None and not isinstance(to_path, str):
         raise ApiError(400, "bad_request", 'The field "to_path" must be a path.')
-    source_machine = berth().sessions.machine(record.id, machine_name)
-    target_machine = berth().sessions.machine(record.id, to)
+    source_machine = current_berth().sessions.machine(record.id, machine_name)
+    target_machine = current_berth().sessions.machine(record.id, to)
     source = Source(source_machine, machine_path(body.get("path")))
     if not source.is_file:
         source.close()
@@ -357,7 +339,7 @@ def copy(session_id: str, machine_name: str):
         source.close()
         raise too_large(size)
     write_file(target_machine, path, size, chunks)
-    berth().notify("files", record.id, target_machine.name)
+    current_berth().bus.publish(LearnerActivity(record.id, target_machine.name, "files"))
     log.info("session %s: %s from %s:%s to %s:%s", record.id, human(size), source_machine.name, source.path,
              target_machine.name, path)
     return jsonify(machine=target_machine.name, path=path, size=size, **{"from": {

@@ -1,8 +1,9 @@
-"""The machines backend: learner machines (each a container running its own Docker
-engine) on a Docker engine, the local one or the one DOCKER_HOST names.
+"""The machines backend: learner machines, each with a Docker engine of its own.
 
-The contract (MachineBackend) is small so that another backend could sit behind it;
-DockerMachines is the implementation Berth ships."""
+The contract (MachineBackend) says in Berth's own terms what the rest of Berth needs from
+wherever machines run, so that a VM or a Kubernetes backend can sit behind it (chosen by
+BERTH_MACHINES; docs/architecture.md). DockerMachines, the implementation Berth ships,
+runs each machine as a container on a Docker engine, the local one or DOCKER_HOST's."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import tarfile
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import docker
 import docker.errors
@@ -25,8 +27,10 @@ from docker.types import IPAMConfig, IPAMPool, Mount
 
 from .certs import CertificateAuthority
 from .config import Config
+from .images import Mirror
 from .isolation import Isolation, IsolationError, egress_rules
 from .isolation import choose as choose_isolation
+from .ports import PublishedPort, list_published
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +84,80 @@ class ExecResult:
         return self.output.decode("utf-8", "replace")
 
 
-class Stream:
-    """A process in a machine with its standard streams as bytes: input written as is, and
-    its output (stdout and stderr, in order) read without the engine's 8-byte frame headers."""
+class FileProblem(MachineError):
+    """A path in a machine that cannot be read or written. `reason` names the cause in a
+    word: missing, disk_full, not_a_directory, not_writable or other."""
+
+    def __init__(self, reason: str, message: str, detail: str = ""):
+        super().__init__(message, detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    """What a path in a machine is, as an archive of it says."""
+
+    name: str
+    kind: str  # file | directory | link | other
+    size: int = 0
+    link_target: str = ""
+
+
+class Archive:
+    """A tar archive of a path in a machine, streamed out of it; close it when done."""
+
+    def __init__(self, info: PathInfo, chunks: Iterable[bytes], close=lambda: None):
+        self.info = info
+        self.chunks = chunks
+        self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """How the backend is doing, for /healthz: which backend, how isolated its machines
+    are, what it can do, and any problem of a part it runs (its registry mirror)."""
+
+    backend: str
+    isolation: str | None  # how machines are isolated here (userns, sysbox, ...); None: not known yet
+    capabilities: frozenset[str] = frozenset()
+    mirror: str | None = None  # the mirror's status, None: no mirror
+    problems: list[str] = field(default_factory=list)
+    isolation_summary: str | None = None  # the same, in a sentence
+    warning: str = ""  # for the operator and every learner: a weaker isolation they asked for
+
+
+class Stream(ABC):
+    """A process in a machine with its standard streams as bytes (a terminal's shell):
+    input written as is, output (stdout and stderr, in order) read as it comes."""
+
+    @abstractmethod
+    def read(self, size: int = 65536, wait: bool = True) -> bytes:
+        """Up to `size` bytes of output; b"" at the end. With wait=False, only what has
+        arrived (b"" also when nothing has). TimeoutError when a timeout is set and passes."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def set_timeout(self, seconds: float | None) -> None:
+        """How long a waiting read may wait; None: for ever (an idle terminal)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def read_all(self) -> bytes:
+        data = bytearray()
+        while chunk := self.read():
+            data += chunk
+        return bytes(data)
+
+
+class ExecStream(Stream):
+    """An exec's socket on a Docker engine: output comes in the engine's frames (an 8-byte
+    header each), read here without them."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -120,14 +195,11 @@ class Stream:
                 self._ended = True
             self._buffer += chunk
 
-    def read_all(self) -> bytes:
-        data = bytearray()
-        while chunk := self.read():
-            data += chunk
-        return bytes(data)
-
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
 
     def close(self) -> None:
         try:
@@ -139,6 +211,28 @@ class Stream:
 
 class MachineBackend(ABC):
     """What Berth needs from wherever learner machines run."""
+
+    name = "?"  # how BERTH_MACHINES names it
+
+    # --- the backend itself
+
+    def prepare(self, images: list[str]) -> None:
+        """Make ready to start machines whose lessons use `images` (at start-up, in the
+        background); MachineError says what is missing. Called again until it succeeds."""
+        self.ping()
+
+    @abstractmethod
+    def describe(self) -> BackendReport:
+        """What /healthz says of the machines."""
+
+    def close(self) -> None:  # noqa: B027 - a backend that holds nothing has nothing to close
+        """Stop what the backend runs in Berth's process (threads, clients)."""
+
+    @abstractmethod
+    def remove_all(self) -> None:
+        """Remove everything this Berth made, session or not (tests, self-tests)."""
+
+    # --- sessions' machines
 
     @abstractmethod
     def create_session(self, session_id: str, names: list[str]) -> list[Machine]:
@@ -177,7 +271,29 @@ class MachineBackend(ABC):
 
     @abstractmethod
     def engine(self, machine: Machine) -> docker.DockerClient:
-        """A Docker SDK client to the machine's own engine (Berth's alone)."""
+        """A client of the machine's own Docker engine (the learner's, reached by Berth
+        alone), for checks and the preview. The Docker SDK's client because every machine
+        runs a Docker engine: that is what lessons teach, whatever runs the machine."""
+
+    @abstractmethod
+    def get_archive(self, machine: Machine, path: str) -> Archive:
+        """A tar archive of a file or folder of the machine, streamed; FileProblem if not."""
+
+    @abstractmethod
+    def put_archive(self, machine: Machine, directory: str, chunks: Iterable[bytes]) -> None:
+        """Unpack a tar archive, streamed, into a folder of the machine; FileProblem if not."""
+
+    def published_ports(self, machine: Machine) -> list[PublishedPort]:
+        """The TCP ports that containers in the machine publish, read from its engine."""
+        try:
+            return list_published(self.engine(machine))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            raise MachineError(f"The Docker engine of {machine.name} does not answer right now; "
+                               "try again in a moment.", str(error)) from None
+
+    def reach(self, machine: Machine, port: int) -> tuple[str, int]:
+        """Where Berth connects to reach a port the machine publishes (host, port)."""
+        return machine.address, port
 
     @abstractmethod
     def ping(self) -> None:
@@ -195,6 +311,8 @@ def _gone(error: Exception) -> bool:
 class DockerMachines(MachineBackend):
     """Machines as containers on a Docker engine, each with its own dockerd inside."""
 
+    name = "docker"
+
     def __init__(self, config: Config, instance_id: str, authority: CertificateAuthority,
                  host_client: docker.DockerClient | None = None):
         self.config = config
@@ -209,7 +327,8 @@ class DockerMachines(MachineBackend):
         self._removing_lock = threading.Lock()
         self.profile_name = ""
         self._profile: Isolation | None = None
-        self.mirror_container: str | None = None  # set by the images part when a mirror runs
+        self.mirror: Mirror | None = None
+        self.mirror_container: str | None = None  # the mirror's, once it runs
         self._self_container: str | None = self._own_container_id()
 
     # --- the host engine
@@ -565,7 +684,7 @@ class DockerMachines(MachineBackend):
                 raw = getattr(sock, "_sock", sock)
                 raw.sendall(stdin)
                 raw.shutdown(socket.SHUT_WR)
-                output = Stream(raw).read_all()
+                output = ExecStream(raw).read_all()
                 sock.close()
             code = api.exec_inspect(exec_id).get("ExitCode")
         except docker.errors.NotFound:
@@ -588,7 +707,7 @@ class DockerMachines(MachineBackend):
         sock.settimeout(None)  # the client's 60 s timeout would drop an idle terminal
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return Stream(sock)
+        return ExecStream(sock)
 
     def engine(self, machine: Machine) -> docker.DockerClient:
         with self._engines_lock:
@@ -642,6 +761,57 @@ class DockerMachines(MachineBackend):
             raise MachineError("The firewall for machines could not be set up.", str(error)) from None
         log.info("firewall for %s: %s", self.config.network_pool, output.decode().strip())
 
+    # --- the backend itself
+
+    def prepare(self, images: list[str]) -> None:
+        """The engine answers, Berth knows its own container, the mirror serves `images`,
+        the machines' isolation is chosen and proved, and their firewall is in place."""
+        self.ping()
+        self.check_own_container()
+        if self.config.mirror_image:
+            self.mirror = Mirror(self.host, self.config, self.instance_id)
+            self.mirror_container = self.mirror.start(images)
+        self.detect_profile()  # proves the machine image too, which the firewall runs
+        self.apply_firewall()
+
+    def describe(self) -> BackendReport:
+        mirror = self.mirror
+        problems = [mirror.message] if mirror is not None and mirror.status == "failed" else []
+        isolation = self._profile
+        return BackendReport(self.name, isolation.name if isolation else None,
+                             frozenset({"files", "mirror", "adopt"}),
+                             mirror.status if mirror is not None else None, problems,
+                             isolation.summary if isolation else None, isolation.warning if isolation else "")
+
+    def close(self) -> None:
+        with self._engines_lock:
+            engines, self._engines = list(self._engines.values()), {}
+        for client in engines:
+            client.close()
+
+    def remove_all(self) -> None:
+        remove_instance(self.host, self.instance_id)
+
+    # --- files, through the engine's archive API
+
+    def get_archive(self, machine: Machine, path: str) -> Archive:
+        try:
+            stream, stat = self.host.api.get_archive(machine.container_id, path, chunk_size=ARCHIVE_CHUNK)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as error:
+            raise _file_problem(machine, path, error) from None
+        stat = stat or {}
+        mode = int(stat.get("mode", 0))
+        kind = ("directory" if mode & MODE_DIR else "link" if mode & MODE_SYMLINK
+                else "other" if mode & MODE_TYPE else "file")
+        info = PathInfo(stat.get("name") or "", kind, int(stat.get("size", 0)), stat.get("linkTarget") or "")
+        return Archive(info, stream, getattr(stream, "close", lambda: None))
+
+    def put_archive(self, machine: Machine, directory: str, chunks: Iterable[bytes]) -> None:
+        try:
+            self.host.api.put_archive(machine.container_id, directory, chunks)
+        except docker.errors.APIError as error:
+            raise _file_problem(machine, directory, error) from None
+
     # --- Berth inside a container
 
     @staticmethod
@@ -666,6 +836,30 @@ class DockerMachines(MachineBackend):
             self._self_container = None  # the host's routes reach the machines already
         else:
             self._self_container = me["Id"]
+
+
+ARCHIVE_CHUNK = 256 * 1024
+# Go's os.FileMode type bits, as the engine reports them in an archive's stat.
+MODE_DIR = 1 << 31
+MODE_SYMLINK = 1 << 27
+MODE_TYPE = MODE_DIR | MODE_SYMLINK | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
+
+
+def _file_problem(machine: Machine, path: str, error: Exception) -> FileProblem:
+    """The engine's complaint about a path, sorted by cause."""
+    text = str(getattr(error, "explanation", "") or error)
+    lower = text.lower()
+    if getattr(error, "status_code", None) == 404 or "no such file" in lower or "could not find the file" in lower:
+        reason = "missing"
+    elif "no space left" in lower or "quota" in lower:
+        reason = "disk_full"
+    elif "not a directory" in lower:
+        reason = "not_a_directory"
+    elif "read-only" in lower or "permission denied" in lower:
+        reason = "not_writable"
+    else:
+        reason = "other"
+    return FileProblem(reason, text)
 
 
 def _tar(files: dict[str, bytes], mode: int = 0o600) -> bytes:

@@ -5,7 +5,8 @@ It is never an open proxy: it only dials the session's own machines (their addre
 from the backend, never from the request), only ports that a container in that machine
 publishes, and only for the session's token. Proxied pages are served with a sandboxing
 CSP, so a learner's page never acts as Berth's origin. When the port cannot answer, a
-diagnosis page says why in the learner's words."""
+diagnosis page says why in the learner's words (preview_diagnosis.py); links and redirects
+in the learner's pages are kept under the preview's address (preview_rewrite.py)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,18 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from dataclasses import dataclass
+from urllib.parse import quote
 
-import docker.errors
-import requests.exceptions
-from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request
 from werkzeug.datastructures import Headers
 
 from .machines import Machine, MachineError
-from .store import SessionRecord
-from .views import ApiError, authenticated, berth, iso
+from .ports import PortWatch, PublishedPort
+from .preview_diagnosis import ANSWER_TIMEOUT, Diagnosis, diagnose
+from .preview_rewrite import rewrite_html, rewrite_location
+from .store import SessionRecord, iso
+from .web import ApiError, authenticated, current_berth
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,7 @@ bp = Blueprint("preview", __name__)
 
 CHUNK = 64 * 1024
 CONNECT_TIMEOUT = 5  # seconds to open a connection to the machine's port
-ANSWER_TIMEOUT = 30  # seconds for the learner's server to start answering
 IDLE_TIMEOUT = 600  # seconds a streamed answer (or a WebSocket) may stay silent
-PORTS_TTL = 2.0  # seconds a listing of published ports is reused: a page of twenty files asks once
 
 # What a learner's page may do: run its scripts and forms in an origin of its own (no
 # allow-same-origin), so it can never read Berth's pages or act with the learner's cookie.
@@ -55,84 +55,15 @@ DROP_REQUEST = HOP_BY_HOP | {"host", "cookie", "content-length", "expect", "forw
 DROP_RESPONSE = HOP_BY_HOP | {"server", "date", "strict-transport-security", "clear-site-data", "alt-svc",
                               "nel", "report-to", "reporting-endpoints", "service-worker-allowed",
                               "public-key-pins", "expect-ct", "referrer-policy", "set-cookie"}
-LOCAL_NAMES = {"localhost", "127.0.0.1", "0.0.0.0", "::1", "[::1]"}
-
-
-# --- published ports
-
-@dataclass(frozen=True)
-class PublishedPort:
-    """A TCP port of the machine that a container in it publishes (`-p 3000:80`)."""
-
-    port: int  # on the machine
-    container: str
-    container_id: str
-    container_port: int  # inside the container
-    host_ip: str  # the address inside the machine it is published on; 0.0.0.0 = all
-    state: str  # running or paused
-
-    @property
-    def loopback_only(self) -> bool:
-        return self.host_ip.startswith("127.") or self.host_ip == "::1"
-
-
-def list_published(engine) -> list[PublishedPort]:
-    """The TCP ports the running containers of one machine's engine publish, by port."""
-    found: dict[int, PublishedPort] = {}
-    for summary in engine.api.containers():
-        name = (summary.get("Names") or ["/?"])[0].lstrip("/")
-        for entry in summary.get("Ports") or []:
-            public = entry.get("PublicPort")
-            if entry.get("Type") != "tcp" or not public:
-                continue
-            candidate = PublishedPort(int(public), name, summary["Id"], int(entry.get("PrivatePort") or 0),
-                                      entry.get("IP") or "0.0.0.0", summary.get("State") or "running")
-            known = found.get(candidate.port)
-            # 0.0.0.0 and :: are listed apart; one reachable entry is enough.
-            if known is None or (known.loopback_only and not candidate.loopback_only):
-                found[candidate.port] = candidate
-    return sorted(found.values(), key=lambda p: p.port)
-
-
-@dataclass
-class _Listing:
-    at: float
-    ports: list[PublishedPort] = field(default_factory=list)
-
-
-class PortWatch:
-    """Published ports per machine, read from each machine's own engine and remembered
-    for a moment (PORTS_TTL)."""
-
-    def __init__(self, backend, ttl: float = PORTS_TTL):
-        self.backend = backend
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._listings: dict[str, _Listing] = {}
-
-    def ports(self, machine: Machine, fresh: bool = False) -> list[PublishedPort]:
-        now = time.monotonic()
-        with self._lock:
-            listing = self._listings.get(machine.container_id)
-        if listing is not None and not fresh and now - listing.at < self.ttl:
-            return listing.ports
-        try:
-            ports = list_published(self.backend.engine(machine))
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
-            raise MachineError(f"The Docker engine of {machine.name} does not answer right now; "
-                               "try again in a moment.", str(error)) from None
-        with self._lock:
-            if len(self._listings) > 1000:  # machines come and go; never grow without bound
-                self._listings.clear()
-            self._listings[machine.container_id] = _Listing(now, ports)
-        return ports
-
-    def port(self, machine: Machine, number: int) -> PublishedPort | None:
-        return next((p for p in self.ports(machine) if p.port == number), None)
 
 
 def watch() -> PortWatch:
-    return current_app.extensions["berth_ports"]
+    return current_berth().ports
+
+
+def explain(machine: Machine, number: int, published: PublishedPort | None, error: str = "") -> Diagnosis:
+    """Why the port does not answer (the diagnosis of this Berth's backend)."""
+    return diagnose(current_berth().backend, watch(), machine, number, published, error)
 
 
 # --- who may preview
@@ -141,7 +72,7 @@ def preview_key(record: SessionRecord) -> str:
     """A key that lets a URL reach this session's previews and nothing else. Previews need
     it because a sandboxed page's own requests (its images, its links) carry no cookies."""
     message = f"preview:{record.id}:{record.token_hash}".encode()
-    return hmac.new(berth().secret_key.encode(), message, hashlib.sha256).hexdigest()[:32]
+    return hmac.new(current_berth().secret_key.encode(), message, hashlib.sha256).hexdigest()[:32]
 
 
 def preview_prefix(record: SessionRecord, machine: str, port: int) -> str:
@@ -153,170 +84,13 @@ def authorize(segment: str) -> tuple[SessionRecord, bool]:
     may use it; and whether Berth's bearer token came in the Authorization header."""
     session_id, dot, key = segment.partition(".")
     if dot:
-        record = berth().sessions.get(session_id)
+        record = current_berth().sessions.get(session_id)
         if not hmac.compare_digest(key.encode(), preview_key(record).encode()):
             raise ApiError(403, "wrong_key", "That preview address does not belong to this session.")
-        berth().sessions.touch(record.id)
+        current_berth().sessions.touch(record.id)
         return record, False
     record = authenticated(session_id)
     return record, bool(request.headers.get("Authorization"))
-
-
-# --- diagnosis
-
-@dataclass
-class Diagnosis:
-    """Why a preview cannot answer, for the learner."""
-
-    status: int
-    reason: str
-    title: str
-    message: str
-    hints: list[str] = field(default_factory=list)
-
-
-def diagnose(machine: Machine, number: int, published: PublishedPort | None, error: str = "") -> Diagnosis:
-    """Look through the machine's engine for why port `number` does not answer. Hints
-    write commands between backticks."""
-    try:
-        return _diagnose(machine, number, published, error)
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as problem:
-        raise MachineError(f"The Docker engine of {machine.name} does not answer right now; try again in "
-                           "a moment.", str(problem)) from None
-
-
-def _diagnose(machine: Machine, number: int, published: PublishedPort | None, error: str) -> Diagnosis:
-    engine = berth().backend.engine(machine)
-    where = f"on {machine.name}"
-    if published is None:
-        stopped = _stopped_publisher(engine, number)
-        if stopped is not None:
-            name, state, code = stopped
-            if state == "created":
-                return Diagnosis(502, "container_not_started", f"The container {name} has not started",
-                                 f"Port {number} {where} belongs to the container {name}, which was created "
-                                 "but never started.", [f"Start it: `docker start {name}`"])
-            return Diagnosis(502, "container_exited", f"The container {name} has exited",
-                             f"Port {number} {where} was published by the container {name}, but it has "
-                             f"exited{f' (exit code {code})' if code is not None else ''}, so nothing "
-                             "answers there any more.",
-                             [f"See what it printed before it stopped: `docker logs {name}`",
-                              f"Start it again: `docker start {name}`",
-                              "A container stops when its main command ends; `docker run -dit ...` keeps "
-                              "a shell open in it."])
-        others = [p for p in watch().ports(machine) if p.port != number]
-        hints = [f"Publish it when you start a container: `docker run -d -p {number}:80 IMAGE` "
-                 f"(port {number} of the machine to port 80 of the container)",
-                 "See what is published: `docker ps` (the PORTS column)"]
-        if others:
-            hints.insert(0, f"Published {where} now: " + ", ".join(f"{p.port} ({p.container})" for p in others))
-        return Diagnosis(404, "not_published", f"Nothing is published on port {number}",
-                         f"No running container {where} publishes port {number}, so there is nothing to "
-                         "show here yet.", hints)
-    name, inside = published.container, published.container_port
-    if published.state == "paused":
-        return Diagnosis(502, "container_paused", f"The container {name} is paused",
-                         f"Port {number} {where} leads to the container {name}, which is paused.",
-                         [f"Unpause it: `docker unpause {name}`"])
-    if published.loopback_only:
-        return Diagnosis(502, "loopback_only", f"Port {number} is published only inside {machine.name}",
-                         f"The container {name} publishes port {number} on {published.host_ip} only, an "
-                         "address that nothing outside the machine can reach.",
-                         [f"Publish it on every address instead: `docker run -p {number}:{inside} ...`"])
-    listening, processes = _inside(machine, engine, published.container_id)
-    servers = [n for n in ("nginx", "apache2", "httpd", "python", "node", "caddy") if any(n in p for p in processes)]
-    server = servers[0] if servers else "a server"
-    if listening is not None:
-        ports_inside = sorted({port for port, _ in listening})
-        if inside not in ports_inside and ports_inside:
-            listed = ", ".join(str(p) for p in ports_inside)
-            title = (f"{server} still listens on port{'s' if len(ports_inside) > 1 else ''} {listed}" if servers
-                     else f"Something listens on {listed}, not on {inside}")
-            hints = [f"Or publish the port the server uses: `docker run -p {number}:{ports_inside[0]} ...`"]
-            if "nginx" in servers:
-                hints.insert(0, f"Make nginx listen on {inside}: in the container, change `listen "
-                             f"{ports_inside[0]}` to `listen {inside}` in /etc/nginx/sites-enabled/default, "
-                             "then reload it: `nginx -s reload`")
-            return Diagnosis(502, "wrong_port", title,
-                             f"Port {number} {where} leads to port {inside} of the container {name}, but "
-                             f"{server} in it listens on {listed}, not on {inside}.", hints)
-        if inside not in ports_inside:
-            return Diagnosis(502, "nothing_listens", f"Nothing listens on port {inside} in {name}",
-                             f"Port {number} {where} leads to port {inside} of the container {name}, but "
-                             "nothing listens there inside the container: no web server runs in it (yet).",
-                             [f"Start the web server in the container, for nginx: `docker exec {name} "
-                              "service nginx start`",
-                              f"See what runs in it: `docker top {name}`"])
-        if all(address.startswith("127.") or address == "::1" for port, address in listening if port == inside):
-            return Diagnosis(502, "listens_on_loopback", f"The server in {name} listens only on 127.0.0.1",
-                             f"Port {number} {where} leads to port {inside} of {name}, where {server} "
-                             "listens on 127.0.0.1 only; connections from outside the container cannot "
-                             "reach it.", [f"Make the server listen on 0.0.0.0:{inside} (every address)."])
-    if "timed out" in error:
-        return Diagnosis(504, "no_answer", f"Port {number} does not answer",
-                         f"The server behind port {number} {where} ({name}) did not answer within "
-                         f"{ANSWER_TIMEOUT} seconds.", [f"Look at its log: `docker logs {name}`"])
-    return Diagnosis(502, "no_answer", f"Port {number} does not answer",
-                     f"Port {number} {where} leads to port {inside} of {name}, but the connection failed"
-                     f"{f' ({error})' if error else ''}.", [f"Look at its log: `docker logs {name}`"])
-
-
-def _stopped_publisher(engine, number: int) -> tuple[str, str, int | None] | None:
-    """A stopped container that would publish `number`: (name, state, exit code)."""
-    for summary in engine.api.containers(all=True, filters={"status": ["exited", "created", "dead"]})[:50]:
-        try:
-            info = engine.api.inspect_container(summary["Id"])
-        except docker.errors.NotFound:
-            continue
-        for bindings in ((info.get("HostConfig") or {}).get("PortBindings") or {}).values():
-            for binding in bindings or []:
-                if str(binding.get("HostPort") or "") == str(number):
-                    state = info.get("State") or {}
-                    code = state.get("ExitCode") if state.get("Status") != "created" else None
-                    return info["Name"].lstrip("/"), state.get("Status", "exited"), code
-    return None
-
-
-def _inside(machine: Machine, engine, container_id: str) -> tuple[list[tuple[int, str]] | None, list[str]]:
-    """What listens inside a container (port, address) and which processes run there.
-    Read from the machine (the container's /proc/PID/net), so it works for any image."""
-    try:
-        info = engine.api.inspect_container(container_id)
-        pid = int((info.get("State") or {}).get("Pid") or 0)
-        processes = [" ".join(map(str, row)) for row in (engine.api.top(container_id).get("Processes") or [])]
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
-        log.info("cannot look into %s: %s", container_id[:12], error)
-        return None, []
-    if not pid:
-        return None, processes
-    result = berth().backend.exec(machine, ["cat", f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"], timeout=10)
-    if result.exit_code != 0 and not result.output:
-        return None, processes
-    return parse_listening(result.text), processes
-
-
-def parse_listening(text: str) -> list[tuple[int, str]]:
-    """(port, address) of each listening socket in /proc/net/tcp{,6} text."""
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or fields[3] != "0A" or ":" not in fields[1]:
-            continue
-        address, port = fields[1].rsplit(":", 1)
-        found.append((int(port, 16), _proc_address(address)))
-    return found
-
-
-def _proc_address(hex_address: str) -> str:
-    if len(hex_address) == 8:  # IPv4, little-endian
-        return ".".join(str(int(hex_address[i:i + 2], 16)) for i in (6, 4, 2, 0))
-    if hex_address.strip("0") == "":
-        return "::"
-    if hex_address == "00000000000000000000000001000000":
-        return "::1"
-    if hex_address.startswith("0000000000000000FFFF0000"):  # ::ffff:a.b.c.d
-        return _proc_address(hex_address[24:])
-    return "::x"
 
 
 def problem_response(machine_name: str, number: int, diagnosis: Diagnosis) -> Response:
@@ -351,7 +125,7 @@ def proxy(session: str, machine_name: str, port: int, path: str):
     record, bearer = authorize(session)
     if not 1 <= port <= 65535:
         raise ApiError(404, "not_found", "A port is a number from 1 to 65535.")
-    machine = berth().sessions.machine(record.id, machine_name)
+    machine = current_berth().sessions.machine(record.id, machine_name)
     if "." not in session and not bearer and request.method == "GET" and _navigating() and not _is_websocket():
         # The browser came with the cookie, which the sandboxed page's own requests will not
         # carry: continue at the keyed address, where its images and links work too.
@@ -363,7 +137,7 @@ def proxy(session: str, machine_name: str, port: int, path: str):
         watch().ports(machine, fresh=True)  # a container may have started a moment ago
         published = watch().port(machine, port)
     if published is None or published.state != "running" or published.loopback_only:
-        return problem_response(machine.name, port, diagnose(machine, port, published))
+        return problem_response(machine.name, port, explain(machine, port, published))
     prefix = f"/s/{quote(session, safe='.')}/{quote(machine_name, safe='')}/port/{port}"
     target = Target(record.id, machine, published, prefix, _upstream_path(path), bearer)
     if _is_websocket():
@@ -452,7 +226,7 @@ def _body_chunks() -> Iterator[bytes] | None:
     """The request body, streamed; None when there is none."""
     if request.content_length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         return None
-    request.max_content_length = berth().config.upload_limit
+    request.max_content_length = current_berth().config.upload_limit
     stream = request.stream
 
     def chunks():
@@ -469,7 +243,8 @@ def forward(target: Target) -> Response:
         # Pages come back uncompressed so their root-relative links can be kept under the prefix.
         headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [("Accept-Encoding", "identity")]
     body = _body_chunks()
-    connection = http.client.HTTPConnection(machine.address, published.port, timeout=CONNECT_TIMEOUT)
+    connection = http.client.HTTPConnection(*current_berth().backend.reach(machine, published.port),
+                                            timeout=CONNECT_TIMEOUT)
     try:
         connection.connect()
         sock = connection.sock
@@ -496,7 +271,7 @@ def forward(target: Target) -> Response:
         watch().ports(machine, fresh=True)  # the container may have stopped meanwhile
         fresh = watch().port(machine, published.port)
         reason = "timed out" if isinstance(error, TimeoutError) else (str(error) or type(error).__name__)
-        return problem_response(machine.name, published.port, diagnose(machine, published.port, fresh, reason))
+        return problem_response(machine.name, published.port, explain(machine, published.port, fresh, reason))
     sock.settimeout(IDLE_TIMEOUT)  # the answer reads from this socket even when the connection let go of it
     return _relay(answer, connection, target)
 
@@ -511,7 +286,7 @@ def _relay(answer: http.client.HTTPResponse, connection: http.client.HTTPConnect
                 headers.add(name, value)
             continue
         if lower in ("location", "content-location"):
-            value = rewrite_location(value, target)
+            value = rewrite_location(value, target.prefix, target.machine, target.published)
         headers.add(name, value)
     content_type = answer.getheader("Content-Type") or ""
     chunks: Iterable[bytes] = _read(answer, connection)
@@ -537,53 +312,6 @@ def _read(answer: http.client.HTTPResponse, connection: http.client.HTTPConnecti
         log.info("preview answer cut short: %s", error)
     finally:
         connection.close()
-
-
-def rewrite_location(value: str, target: Target) -> str:
-    """Keep redirects under the prefix when they point at the learner's own server."""
-    url = urlsplit(value)
-    if not url.scheme and not url.netloc:
-        return target.prefix + value if value.startswith("/") else value
-    if url.scheme not in ("http", "https", ""):
-        return value
-    host = (url.hostname or "").lower()
-    try:
-        port = url.port
-    except ValueError:
-        return value
-    machine = target.machine
-    if host in LOCAL_NAMES | {machine.address, machine.name.lower()} and port in (
-            None, target.published.port, target.published.container_port):
-        rest = (url.path or "/") + (f"?{url.query}" if url.query else "") + (f"#{url.fragment}" if url.fragment else "")
-        return target.prefix + rest
-    return value
-
-
-HOLD = 48  # bytes kept back between chunks: longer than any attribute prefix matched below
-
-
-def rewrite_html(chunks: Iterable[bytes], prefix: bytes, session_id: bytes) -> Iterator[bytes]:
-    """Root-relative links (`href="/about"`) of a page, kept under the preview's prefix.
-    A streaming rewrite of attribute values only; scripts building URLs are left alone."""
-    pattern = re.compile(rb"""(\s(?:href|src|action|formaction|poster|data)\s{0,4}=\s{0,4}["']?)/"""
-                         rb"""(?![/\\]|s/""" + re.escape(session_id) + rb")", re.I)
-    tail = b""
-    for chunk in chunks:
-        data = tail + chunk
-        cut = max(0, len(data) - HOLD)
-        out, position = [], 0
-        for match in pattern.finditer(data):
-            if match.start() >= cut:
-                break
-            out += [data[position:match.end() - 1], prefix, b"/"]
-            position = match.end()
-        cut = max(cut, position)
-        out.append(data[position:cut])
-        tail = data[cut:]
-        if out:
-            yield b"".join(out)
-    if tail:
-        yield pattern.sub(lambda m: m.group(1) + prefix + b"/", tail)
 
 
 # --- WebSocket upgrades
@@ -639,9 +367,10 @@ def websocket(target: Target):
     lines += [f"{name}: {value}" for name, value in _request_headers(target)]
     lines += ["Connection: Upgrade", "Upgrade: websocket"]
     try:
-        upstream = socket.create_connection((machine.address, published.port), timeout=CONNECT_TIMEOUT)
+        upstream = socket.create_connection(current_berth().backend.reach(machine, published.port),
+                                            timeout=CONNECT_TIMEOUT)
     except OSError as error:
-        return problem_response(machine.name, published.port, diagnose(machine, published.port, published, str(error)))
+        return problem_response(machine.name, published.port, explain(machine, published.port, published, str(error)))
     try:
         upstream.settimeout(ANSWER_TIMEOUT)
         upstream.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -653,7 +382,7 @@ def websocket(target: Target):
             head += data
     except OSError as error:
         upstream.close()
-        return problem_response(machine.name, published.port, diagnose(machine, published.port, published, str(error)))
+        return problem_response(machine.name, published.port, explain(machine, published.port, published, str(error)))
     status = head.split(b"\r\n", 1)[0].split(b" ")
     if len(status) < 2 or status[1] != b"101":
         upstream.close()
@@ -670,7 +399,7 @@ def ports(session_id: str):
     """Published ports per machine, with the preview address of each."""
     record = authenticated(session_id)
     # One look at the host engine for all the machines: the page asks every few seconds.
-    found = {m.name: m for m in berth().backend.machines(record.id)}
+    found = {m.name: m for m in current_berth().backend.machines(record.id)}
     out = []
     for status in record.machines:
         entry: dict = {"name": status.name, "status": status.status, "ports": []}
@@ -693,6 +422,5 @@ def ports(session_id: str):
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["berth_ports"] = PortWatch(app.extensions["berth"].backend)
     app.register_blueprint(bp)
 

@@ -18,20 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checker import Checker
-from .checks import run_checks
 from .config import Config
-from .machines import MachineError, remove_instance
+from .machines import MachineError
+from .root import Berth
 
 DONE_WITHIN = 30.0  # seconds a task may take to show as done after its solution ran
 STEP_TIMEOUT = 600  # seconds one solution step may run
-
-
-class _Quiet:
-    """Stands in for Socket.IO: nobody is listening to a self-test."""
-
-    def emit(self, *args, **kwargs) -> None:
-        pass
 
 
 @dataclass
@@ -70,8 +62,9 @@ def missing(state: dict) -> str:
     return "; ".join(f["message"] for f in state["feedback"] if not f["ok"]) or "no feedback"
 
 
-def selftest_lesson(berth, checker: Checker, slug: str, wait: float = DONE_WITHIN) -> Report:
+def selftest_lesson(berth: Berth, slug: str, wait: float = DONE_WITHIN) -> Report:
     report = Report(slug)
+    checker = berth.checker
     lesson = berth.library.get(slug)
     if lesson is None:
         report.fail(berth.library.errors.get(slug, f"there is no lesson {slug!r}"))
@@ -98,7 +91,7 @@ def selftest_lesson(berth, checker: Checker, slug: str, wait: float = DONE_WITHI
 
         ctx = checker.context(watch)
         for task in lesson.tasks:
-            findings = run_checks(ctx, [(c.kind, c.params) for c in task.checks])
+            findings = berth.runner.run(ctx, [(c.kind, c.params) for c in task.checks])
             if all(f.ok for f in findings):
                 report.fail(f"task {task.id} is done before anything was done: its checks prove nothing")
             else:
@@ -143,9 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("BERTH_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from . import Berth
-
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="berth-selftest-"))
     config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(data_dir.resolve())})
     berth = Berth(config)
@@ -153,22 +143,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.slugs or slug in args.slugs:
             print(f"{slug}: FAIL {error}", flush=True)
     failed = [s for s in berth.library.errors if not args.slugs or s in args.slugs]
-    checker = Checker(berth, _Quiet())
     try:
         berth.prepare()
         slugs = args.slugs or list(berth.library.lessons)
         for slug in slugs:
             if slug in berth.library.errors:
                 continue
-            if not selftest_lesson(berth, checker, slug, args.wait).ok:
+            if not selftest_lesson(berth, slug, args.wait).ok:
                 failed.append(slug)
     except MachineError as error:
         print(f"FAIL machines: {error.message} {error.detail}", flush=True)
         return 1
     finally:
-        checker.stop()
+        berth.stop()
         try:
-            remove_instance(berth.backend.host, berth.instance_id)
+            berth.backend.remove_all()
         except Exception as error:  # noqa: BLE001 - clean-up is best effort, and said
             print(f"(could not remove everything this self-test made: {error})", file=sys.stderr)
         berth.store.close()

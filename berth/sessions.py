@@ -10,10 +10,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .config import Config
+from .events import Bus, SessionEnded, SessionReady
 from .lessons import Library
 from .machines import Machine, MachineBackend, MachineError
 from .store import MachineRecord, SessionRecord, Store
@@ -37,8 +37,10 @@ def hash_token(token: str) -> str:
 
 
 class Sessions:
-    def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library,
-                 notify: Callable[..., None] = lambda event, *args: None):
+    """Sessions come and go here; each one's machines come from the machines backend. Tells
+    the bus SessionReady when a session's machines answer, and SessionEnded before they go."""
+
+    def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library, bus: Bus):
         self.config = config
         self.store = store
         self.backend = backend
@@ -47,9 +49,7 @@ class Sessions:
         self._starting: dict[str, threading.Thread] = {}
         self._ending: set[str] = set()  # ended in the store, machines still being removed
         self._touched: dict[str, float] = {}
-        # Tells the other parts notify("ready", session_id) when a session's machines are
-        # ready, and notify("ended", session_id) before they are removed.
-        self.notify = notify
+        self.bus = bus
 
     # --- create, find, end
 
@@ -101,7 +101,7 @@ class Sessions:
         finally:
             self._starting.pop(session_id, None)
         log.info("session %s ready in %.2f s", session_id, time.monotonic() - started)
-        self.notify("ready", session_id)
+        self.bus.publish(SessionReady(session_id))
 
     def _wait_ready(self, session_id: str, machine: Machine) -> None:
         self.backend.wait_ready(machine, READY_TIMEOUT)
@@ -141,7 +141,7 @@ class Sessions:
             thread = self._starting.get(session_id)
             if thread is not None:
                 thread.join(READY_TIMEOUT)
-            self.notify("ended", session_id)
+            self.bus.publish(SessionEnded(session_id))
             self.backend.destroy_session(session_id)
         finally:
             self._ending.discard(session_id)
@@ -201,7 +201,7 @@ class Sessions:
         finally:
             self._starting.pop(session_id, None)
         log.info("session %s adopted", session_id)
-        self.notify("ready", session_id)
+        self.bus.publish(SessionReady(session_id))
 
     def reap(self) -> list[str]:
         """End expired and idle sessions, and remove anything labelled for a session this

@@ -3,6 +3,7 @@ server restart loses nothing."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 import threading
@@ -44,6 +45,13 @@ CREATE TABLE IF NOT EXISTS task_results (
     PRIMARY KEY (session_id, task_id)
 );
 """
+
+
+def iso(timestamp: float | None) -> str | None:
+    """A stored time as the API and pages write it: ISO 8601 in UTC, to the second."""
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The terminal bridge: Socket.IO namespace `/terminal` <-> a shell in a learner machine.
+"""The terminal bridge: a shell in a learner machine <-> the browser tabs showing it.
 
 Each shell lives in its machine under a keeper (`berth-shell`, in the machine image; its
 socket is `/run/berth/shells/NAME.sock`), so a page reload, a dropped network and a
@@ -7,6 +7,9 @@ stream from the machines backend, spoken to in berth-shell's frames), keeps the 
 output in a ring buffer addressed by absolute byte offsets, and fans it out to every
 browser tab showing that shell, each within a credit window that the browser opens by
 acknowledging what xterm.js has processed. The protocol is documented in docs/api.md.
+
+The bridge knows no Socket.IO: each browser tab is a Screen that the web layer hands in
+(berth/sockets.py), and what the learner does is published on the bus.
 """
 
 from __future__ import annotations
@@ -20,16 +23,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from flask import Flask, current_app, request
-from flask_socketio import ConnectionRefusedError, Namespace, SocketIO
-
-from .machines import Machine, MachineError, Stream
-from .sessions import SessionError
+from .config import Config
+from .events import Bus, LearnerActivity, TerminalClosed, TerminalOpened
+from .machines import Machine, MachineBackend, MachineError, Stream
+from .sessions import Sessions
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "/terminal"
 WINDOW = 256 * 1024  # bytes a viewer may have unacknowledged (HOST-FACTS: keeps Ctrl-C quick)
 CHUNK = 64 * 1024  # largest `output` message and largest read from the TTY
 RING = 256 * 1024  # recent output kept for replay on reattach
@@ -41,6 +43,21 @@ SHELL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 PROMPT_MARKER = b"\x1b]7771;prompt\x07"  # printed by the machine's bashrc after each command
 STATE_MARKER = re.compile(rb"\x1b\]7771;shell=([a-z]+)\x07")
 MAX_COLS, MAX_ROWS = 1000, 500
+
+
+class Screen(Protocol):
+    """Where one browser tab shows a shell: the web layer's connection to it."""
+
+    id: str
+
+    def send(self, event: str, data: Any) -> None:
+        """Queue an event for the tab (attached, output, notice, ended); never blocks."""
+
+    def hang_up(self) -> None:
+        """End the connection (after `ended`)."""
+
+    @property
+    def connected(self) -> bool: ...
 
 
 class ShellLink:
@@ -75,7 +92,7 @@ class TerminalError(Exception):
 class Viewer:
     """One browser tab attached to a shell, and how far its output has got."""
 
-    sid: str
+    screen: Screen
     sent: int  # offset of the next byte to send
     acked: int  # offset up to which the browser has processed output
     next_seq: int = 0  # the input/resize sequence number expected next
@@ -186,7 +203,7 @@ class Shell:
         while start < stop:
             size = min(CHUNK, stop - start)
             index = start - self.ring_start
-            self.terminals.emit("output", (bytes(self.ring[index:index + size]), start), viewer.sid)
+            viewer.screen.send("output", (bytes(self.ring[index:index + size]), start))
             start += size
         viewer.sent = max(viewer.sent, start)
 
@@ -201,18 +218,18 @@ class Shell:
         newline = self.ring.find(b"\n", 0, 4096)
         return self.ring_start + newline + 1 if newline >= 0 else self.ring_start
 
-    def add_viewer(self, sid: str, cols: int, rows: int, epoch: object, offset: object) -> dict:
+    def add_viewer(self, screen: Screen, cols: int, rows: int, epoch: object, offset: object) -> dict:
         with self.cond:
             if self.closed:
                 raise TerminalError(503, "shell_ended", "The shell has just ended; connect again for a new one.")
             start = self.replay_start(epoch, offset)
             resumed = start == offset and epoch == self.epoch
-            viewer = Viewer(sid, sent=start, acked=start)
-            self.viewers[sid] = viewer
+            viewer = Viewer(screen, sent=start, acked=start)
+            self.viewers[screen.id] = viewer
             self.idle_since = None
             attached = {"epoch": self.epoch, "offset": start, "shell": self.state, "resumed": resumed,
                         "name": self.key[2]}
-            self.terminals.emit("attached", attached, sid)
+            screen.send("attached", attached)
             self._send(viewer)
             self.cond.notify_all()
         self.enqueue(("resize", cols, rows))
@@ -255,7 +272,7 @@ class Shell:
                     ready += [viewer.early.pop(number) for number in sorted(viewer.early)]
             for ready_item in ready:
                 if not self.enqueue(ready_item):
-                    self.terminals.emit("notice", {"message": "Input was dropped: the shell is not reading it."}, sid)
+                    viewer.screen.send("notice", {"message": "Input was dropped: the shell is not reading it."})
 
     def enqueue(self, item: tuple) -> bool:
         with self.cond:
@@ -311,30 +328,49 @@ ENDED_MESSAGES = {
     "linger": "The shell was ended after no browser had been attached for a while.",
     "session": "The session ended; its machines are gone.",
 }
+STOPPING = "stopping"  # Berth stops: the attachment ends, the shell lives on in its machine
 
 
 class Terminals:
     """All shells of this Berth process, keyed by (session, machine, shell name)."""
 
-    def __init__(self, berth, socketio: SocketIO):
-        self.berth = berth
-        self.socketio = socketio
+    def __init__(self, config: Config, sessions: Sessions, backend: MachineBackend, bus: Bus):
+        self.config = config
+        self.sessions = sessions
+        self.backend = backend
+        self.bus = bus
         self.shells: dict[tuple[str, str, str], Shell] = {}
         self._by_sid: dict[str, Shell] = {}
         self._lock = threading.Lock()
         self._opening: dict[tuple[str, str, str], threading.Lock] = {}
-        self._events: queue.Queue[tuple[str, str, str]] = queue.Queue()
+        self._events: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._pending: set[tuple[str, str, str]] = set()
         self._stop = threading.Event()
-        threading.Thread(target=self._notify_forever, name="terminal-events", daemon=True).start()
-        threading.Thread(target=self._reap_forever, name="terminal-reaper", daemon=True).start()
+        self._threads = [threading.Thread(target=self._notify_forever, name="terminal-events", daemon=True),
+                         threading.Thread(target=self._reap_forever, name="terminal-reaper", daemon=True)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """End every attachment (the shells live on in their machines) and the threads."""
+        self._stop.set()
+        self._events.put(None)
+        with self._lock:
+            shells = list(self.shells.values())
+        for shell in shells:
+            shell.close(STOPPING)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(10)
 
     # --- connections
 
-    def attach(self, sid: str, session_id: str, machine_name: str, name: str, cols: int, rows: int,
+    def attach(self, screen: Screen, session_id: str, machine_name: str, name: str, cols: int, rows: int,
                epoch: object = None, offset: object = None) -> dict:
-        sessions = self.berth.sessions
-        machine = sessions.machine(session_id, machine_name)  # SessionError if not there or not ready
+        """Show the shell `name` of a machine on a screen, opening it if needed."""
+        machine = self.sessions.machine(session_id, machine_name)  # SessionError if not there or not ready
         key = (session_id, machine_name, name)
         with self._lock:
             opening = self._opening.setdefault(key, threading.Lock())
@@ -345,7 +381,7 @@ class Terminals:
                     shell = None
                 others = sum(1 for k, s in self.shells.items() if k[:2] == key[:2] and not s.closed)
             if shell is None:
-                limit = self.berth.config.shells_per_machine
+                limit = self.config.shells_per_machine
                 if others >= limit:
                     raise TerminalError(429, "too_many_shells",
                                         f"The machine {machine_name} has {limit} shells open, the most "
@@ -354,13 +390,14 @@ class Terminals:
                 with self._lock:
                     self.shells[key] = shell
                 shell.start()
+                self.bus.publish(TerminalOpened(session_id, machine_name, name))
         with self._lock:
-            self._by_sid[sid] = shell
-        return shell.add_viewer(sid, cols, rows, epoch, offset)
+            self._by_sid[screen.id] = shell
+        return shell.add_viewer(screen, cols, rows, epoch, offset)
 
     def _open(self, key: tuple[str, str, str], machine: Machine, cols: int, rows: int) -> Shell:
-        backend = self.berth.backend
-        limit = self.berth.config.shells_per_machine
+        backend = self.backend
+        limit = self.config.shells_per_machine
         argv = ["berth-shell", "attach", SHELL_DIR, key[2], str(limit), str(cols), str(rows)]
         try:
             tty = ShellLink(backend.open_stream(machine, argv))
@@ -394,6 +431,25 @@ class Terminals:
         with self._lock:
             return self._by_sid.get(sid)
 
+    def input(self, sid: str, seq: int | None, data: bytes) -> None:
+        """Keys typed in a tab; Enter tells the bus the learner did something."""
+        shell = self.shell_of(sid)
+        if shell is None:
+            return  # input before (or without) a successful connect is dropped
+        shell.receive(sid, seq, ("input", data))
+        if b"\r" in data or b"\n" in data:
+            self.notify("enter", shell.key[0], shell.key[1])
+
+    def resize(self, sid: str, seq: int | None, cols: int, rows: int) -> None:
+        shell = self.shell_of(sid)
+        if shell is not None:
+            shell.receive(sid, seq, ("resize", cols, rows))
+
+    def ack(self, sid: str, offset: int) -> None:
+        shell = self.shell_of(sid)
+        if shell is not None:
+            shell.ack(sid, offset)
+
     # --- ends
 
     def _finish(self, shell: Shell) -> None:
@@ -401,26 +457,26 @@ class Terminals:
         if not shell.closed:
             shell.close("exit")
         with shell.cond:
-            viewers = list(shell.viewers)
+            viewers = list(shell.viewers.values())
             shell.viewers.clear()
         with self._lock:
             if self.shells.get(shell.key) is shell:
                 del self.shells[shell.key]
-            for sid in viewers:
-                self._by_sid.pop(sid, None)
-        message = ENDED_MESSAGES.get(shell.reason, "The shell ended.")
+            for viewer in viewers:
+                self._by_sid.pop(viewer.screen.id, None)
         log.info("terminal %s: ended (%s)", shell.key, shell.reason)
-        for sid in viewers:
-            self.emit("ended", {"reason": shell.reason, "message": message}, sid)
-            try:
-                self.socketio.server.disconnect(sid, namespace=NAMESPACE)
-            except Exception:  # the client may be gone already
-                log.debug("disconnecting %s failed", sid, exc_info=True)
+        self.bus.publish(TerminalClosed(shell.key[0], shell.key[1], shell.key[2], shell.reason))
+        if shell.reason == STOPPING:
+            return  # the pages reconnect to the same shell when Berth is back
+        message = ENDED_MESSAGES.get(shell.reason, "The shell ended.")
+        for viewer in viewers:
+            viewer.screen.send("ended", {"reason": shell.reason, "message": message})
+            viewer.screen.hang_up()
 
     def end_shell(self, shell: Shell, reason: str) -> None:
         """End the shell itself in its machine (its bash and jobs get a hangup)."""
         try:
-            self.berth.backend.exec(shell.machine, ["berth-shell", "end", SHELL_DIR, shell.key[2]], timeout=10)
+            self.backend.exec(shell.machine, ["berth-shell", "end", SHELL_DIR, shell.key[2]], timeout=10)
         except MachineError as error:
             log.info("terminal %s: could not end the shell: %s", shell.key, error.message)
         shell.close(reason)
@@ -433,7 +489,7 @@ class Terminals:
             shell.close("session")
 
     def _reap_forever(self) -> None:
-        linger = self.berth.config.shell_linger
+        linger = self.config.shell_linger
         while not self._stop.wait(max(0.5, min(30.0, linger / 4))):
             now = time.monotonic()
             with self._lock:
@@ -451,28 +507,17 @@ class Terminals:
     def _forget_gone_viewers(self, shell: Shell, now: float) -> None:
         """A viewer whose connection went without a disconnect event would keep its shell
         from ever lingering out."""
-        manager = self.socketio.server.manager
         with shell.cond:
-            gone = [v.sid for v in shell.viewers.values()
-                    if now - v.since > 60 and not manager.is_connected(v.sid, NAMESPACE)]
+            gone = [v.screen.id for v in shell.viewers.values() if now - v.since > 60 and not v.screen.connected]
         for sid in gone:
             log.info("terminal %s: forgetting viewer %s, its connection is gone", shell.key, sid)
             self.detach(sid)
             shell.remove_viewer(sid)
 
-    def stop(self) -> None:
-        self._stop.set()
-
     # --- out of the pump's way
 
-    def emit(self, event: str, args, sid: str) -> None:
-        try:
-            self.socketio.emit(event, args, to=sid, namespace=NAMESPACE)
-        except Exception:  # a send to a client that just left must not stop the pump
-            log.debug("emit %s to %s failed", event, sid, exc_info=True)
-
     def notify(self, event: str, session_id: str, machine: str) -> None:
-        """Tell the other parts (the checker) without holding up the terminal; repeats of
+        """Tell the bus (the checker hears it) without holding up the terminal; repeats of
         an event still waiting are merged."""
         item = (event, session_id, machine)
         with self._lock:
@@ -482,18 +527,18 @@ class Terminals:
         self._events.put(item)
 
     def _notify_forever(self) -> None:
-        while True:
-            item = self._events.get()
+        while (item := self._events.get()) is not None:
             with self._lock:
                 self._pending.discard(item)
-            self.berth.notify(*item)
+            what, session_id, machine = item
+            self.bus.publish(LearnerActivity(session_id, machine, what))  # type: ignore[arg-type]
 
 
 def _handshake(tty: ShellLink) -> tuple[str, bytes]:
     """Read berth-shell's state marker; return it and any output after it."""
     data = b""
     deadline = time.monotonic() + OPEN_TIMEOUT
-    tty.stream.sock.settimeout(1.0)
+    tty.stream.set_timeout(1.0)
     try:
         while time.monotonic() < deadline:
             try:
@@ -511,110 +556,5 @@ def _handshake(tty: ShellLink) -> tuple[str, bytes]:
             if len(data) > CHUNK:
                 break
     finally:
-        tty.stream.sock.settimeout(None)  # an idle terminal must never time out
+        tty.stream.set_timeout(None)  # an idle terminal must never time out
     return "failed", data
-
-
-# --- the Socket.IO side
-
-
-def _terminals() -> Terminals:
-    return current_app.extensions["berth_terminals"]
-
-
-def _size(value: object, default: int, largest: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= largest else default
-
-
-class TerminalNamespace(Namespace):
-    """`/terminal`: auth {session, token, machine[, shell, cols, rows, epoch, offset]};
-    in: input, resize, ack; out: attached, output, notice, ended."""
-
-    def _settled(self) -> bool:
-        """True for a client that is neither connecting nor disconnecting: an event it
-        names "connect" or "disconnect" is then its own invention, and ignored."""
-        return self.socketio.server.manager.is_connected(request.sid, NAMESPACE)
-
-    def on_connect(self, auth=None):
-        if self._settled():
-            return
-        berth = current_app.extensions["berth"]
-        if not berth.origins(request.headers.get("Origin"), request.environ):
-            _refuse(403, "foreign_origin", "Terminals may only be opened from Berth's own pages.")
-        if not isinstance(auth, dict):
-            _refuse(401, "token_required", "Send {session, token, machine} as the connection's auth.")
-        session_id, token, machine = auth.get("session"), auth.get("token"), auth.get("machine")
-        name = auth.get("shell", "main")
-        if not all(isinstance(v, str) and 0 < len(v) <= 200 for v in (session_id, token, machine)):
-            _refuse(401 if not token else 400, "token_required" if not token else "bad_request",
-                    "The auth needs the strings session, token and machine.")
-        if not isinstance(name, str) or not SHELL_NAME.fullmatch(name):
-            _refuse(400, "bad_request", "A shell name is 1-32 of a-z, 0-9, - and _.")
-        try:
-            berth.sessions.authenticate(session_id, token)
-            if berth.state != "ready":
-                _refuse(503, "not_ready", "Berth is still starting; the terminal will connect in a moment.")
-            _terminals().attach(request.sid, session_id, machine, name,
-                                _size(auth.get("cols"), 80, MAX_COLS), _size(auth.get("rows"), 24, MAX_ROWS),
-                                auth.get("epoch"), auth.get("offset"))
-        except (SessionError, TerminalError) as error:
-            _refuse(error.status, error.code, error.message)
-        except MachineError as error:
-            log.warning("terminal: %s (%s)", error.message, error.detail)
-            _refuse(503, "engine_unavailable", error.message)
-        except ConnectionRefusedError:
-            raise
-        except Exception:  # an answer, whatever went wrong: never a connection left hanging
-            log.exception("terminal: connecting %s/%s failed", session_id, machine)
-            _refuse(503, "terminal_unavailable", "The terminal could not be opened; Berth logged why.")
-
-    def on_disconnect(self, reason=None):
-        if not self._settled():
-            _terminals().detach(request.sid)
-
-    def on_input(self, data=None, seq=None, *_):
-        if isinstance(data, str):
-            data = data.encode("utf-8", "replace")
-        if not isinstance(data, bytes) or not data:
-            return
-        shell = _terminals().shell_of(request.sid)
-        if shell is None:
-            return  # input before (or without) a successful connect is dropped
-        shell.receive(request.sid, _seq(seq), ("input", data))
-        if b"\r" in data or b"\n" in data:
-            shell.terminals.notify("enter", shell.key[0], shell.key[1])
-
-    def on_resize(self, size=None, seq=None, *_):
-        if not isinstance(size, dict):
-            return
-        cols, rows = _size(size.get("cols"), 0, MAX_COLS), _size(size.get("rows"), 0, MAX_ROWS)
-        shell = _terminals().shell_of(request.sid)
-        if shell is None or not cols or not rows:
-            return
-        shell.receive(request.sid, _seq(seq), ("resize", cols, rows))
-
-    def on_ack(self, offset=None, *_):
-        if not isinstance(offset, int) or isinstance(offset, bool):
-            return
-        shell = _terminals().shell_of(request.sid)
-        if shell is not None:
-            shell.ack(request.sid, offset)
-
-
-def _seq(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _refuse(status: int, code: str, message: str):
-    raise ConnectionRefusedError(message, {"error": code, "status": status})
-
-
-def init_app(app: Flask) -> Terminals:
-    from . import socketio
-
-    berth = app.extensions["berth"]
-    terminals = Terminals(berth, socketio)
-    app.extensions["berth_terminals"] = terminals
-    berth.subscribe("ended", terminals.end_session)
-    socketio.on_namespace(TerminalNamespace(NAMESPACE))
-    return terminals

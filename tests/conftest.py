@@ -147,12 +147,19 @@ class BerthServer:
                                headers={"Authorization": f"Bearer {session['token']}"}, timeout=120)
 
 
+def wait_until(condition, timeout: float, message=lambda: "", interval: float = 0.2):
+    """Poll `condition` until it returns something true, and return that; fail with
+    message() when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, message()
+        time.sleep(interval)
+    return result
+
+
 def wait_until_ready(berth, timeout: float = READY_TIMEOUT) -> None:
     """Wait for an in-process Berth (create_app's) to have its engine side prepared."""
-    deadline = time.monotonic() + timeout
-    while berth.state != "ready":
-        assert time.monotonic() < deadline, berth.problem
-        time.sleep(0.2)
+    wait_until(lambda: berth.state == "ready", timeout, lambda: berth.problem)
 
 
 def labelled(client: docker.DockerClient, instance_id: str, role: str | None = None) -> list[str]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from berth import Berth
-from berth.checker import Checker, StoredFacts, Watch
-from berth.checks import Context, Finding, evaluate, run_checks
+from berth.check_framework import Context, Finding, evaluate
+from berth.checker import StoredFacts, Watch
 from berth.config import Config
 
 from .conftest import remove_instance
@@ -103,6 +103,7 @@ def lab(engine, tmp_path_factory):
         lab.run("colleague", COLLEAGUE)
         yield lab
     finally:
+        berth.stop()
         remove_instance(engine, berth.instance_id)
         berth.store.close()
 
@@ -312,7 +313,7 @@ def test_archive_copied_to_the_colleague_and_loaded(lab):
 def test_a_check_that_hangs_is_bounded_and_said(lab):
     ctx = lab.context()
     started = time.monotonic()
-    findings = run_checks(ctx, [("http", {"machine": "workstation", "port": 3050})], timeout=1)
+    findings = lab.berth.runner.run(ctx, [("http", {"machine": "workstation", "port": 3050})], timeout=1)
     assert time.monotonic() - started < 2
     expect(findings, (False, "Checking this took longer than 1 s (http); Berth tries again."))
 
@@ -343,7 +344,7 @@ def test_events_caused_by_checks_are_ignored(lab):
     stream.close()
     reader.join(5)
     watch = Watch(lab.session_id, own_execs=ctx.own_execs)
-    checker = Checker(lab.berth, None)
+    checker = lab.berth.checker
     assert ours == 1 and checks_only >= 4, events
     assert all(checker.caused_by_checks(watch, e) for e in events[:checks_only]), events[:checks_only]
     learner = events[checks_only:]

@@ -10,7 +10,15 @@ import time
 import pytest
 import requests
 
-from .conftest import BerthServer, in_machine, labelled, machine_container, remove_instance, wait_until_ready
+from .conftest import (
+    BerthServer,
+    in_machine,
+    labelled,
+    machine_container,
+    remove_instance,
+    wait_until,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -182,10 +190,8 @@ def test_delete_and_reaper_leave_nothing_behind(engine, tmp_path):
         # leftovers of a session Berth does not know (say, after its data folder was lost)
         engine.volumes.create("berth-orphan-test", labels={"berth.instance": berth.instance_id,
                                                             "berth.session": "0rphan", "berth.role": "disk"})
-        deadline = time.monotonic() + 30
-        while [n for n in labelled(engine, berth.instance_id) if "mirror" not in n]:
-            assert time.monotonic() < deadline, labelled(engine, berth.instance_id)
-            time.sleep(0.5)
+        wait_until(lambda: not [n for n in labelled(engine, berth.instance_id) if "mirror" not in n], 30,
+                   lambda: labelled(engine, berth.instance_id), interval=0.5)
         assert berth.get(f"/api/sessions/{expiring['id']}", expiring["token"]).status_code == 404
     finally:
         berth.stop()
@@ -197,7 +203,7 @@ def test_two_removers_at_once_both_return_with_everything_gone(engine, config):
     return while the other still has its machines, disks or network on the engine."""
     from berth import create_app
 
-    berth = create_app(config).extensions["berth"]
+    berth = create_app(config).berth
     try:
         wait_until_ready(berth)
         record, _ = berth.sessions.create("docker-images", wait=True)
@@ -238,10 +244,9 @@ def test_typing_keeps_a_session_from_being_reaped_as_idle(engine, tmp_path):
             time.sleep(2)
         assert labelled(engine, berth.instance_id, "machine"), "a session in use was reaped as idle"
         terminal.close()
-        deadline = time.monotonic() + 30  # now left alone, it is reaped
-        while labelled(engine, berth.instance_id, "machine"):
-            assert time.monotonic() < deadline, "an idle session was not reaped"
-            time.sleep(0.5)
+        # now left alone, it is reaped
+        wait_until(lambda: not labelled(engine, berth.instance_id, "machine"), 30,
+                   lambda: "an idle session was not reaped", interval=0.5)
     finally:
         berth.stop()
         remove_instance(engine, berth.instance_id)

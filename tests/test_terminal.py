@@ -15,9 +15,10 @@ from socketio import packet
 
 from berth import create_app, socketio
 from berth.config import Config
+from berth.events import LearnerActivity
 from berth.sessions import hash_token
+from berth.sockets import TERMINAL as NAMESPACE
 from berth.store import MachineRecord, SessionRecord
-from berth.terminal import NAMESPACE
 
 from .conftest import BerthServer, in_machine, remove_instance, wait_until_ready
 from .terminal_client import Refused, TerminalClient
@@ -48,7 +49,7 @@ def quiet_app(tmp_path):
     """Berth with two sessions in its store and no machines: enough to test refusals."""
     config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(tmp_path / "data")})
     app = create_app(config, start=False)
-    berth = app.extensions["berth"]
+    berth = app.berth
     now = time.time()
     tokens = {}
     for session_id in ("aaaa00000001", "bbbb00000002"):
@@ -104,7 +105,7 @@ def test_refuses_a_foreign_origin(quiet_app):
 
 
 def test_refuses_unknown_machines_bad_shell_names_and_machines_not_ready(quiet_app):
-    quiet_app.extensions["berth"].state = "ready"
+    quiet_app.berth.state = "ready"
     token = quiet_app.config["TEST_TOKENS"]["aaaa00000001"]
     auth = {"session": "aaaa00000001", "token": token}
     assert refused(quiet_app, {**auth, "machine": "laptop"})["data"] == {"error": "unknown_machine", "status": 404}
@@ -122,7 +123,7 @@ def test_events_without_a_connection_are_dropped(quiet_app):
     client.connected[NAMESPACE] = True  # behave as a client that ignores the refusal
     for event, args in (("input", ["ls\r"]), ("resize", [{"cols": 10, "rows": 5}]), ("ack", [10])):
         client.emit(event, *args, namespace=NAMESPACE)
-    assert quiet_app.extensions["berth_terminals"].shells == {}
+    assert quiet_app.berth.terminals.shells == {}
     assert client.get_received(NAMESPACE) == []
 
 
@@ -147,7 +148,7 @@ def live(engine, tmp_path_factory):
     config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(data), "BERTH_SHELL_LINGER": "3s",
                               "BERTH_SHELLS_PER_MACHINE": "3"})
     app = create_app(config)
-    berth = app.extensions["berth"]
+    berth = app.berth
     wait_until_ready(berth)
     record, token = berth.sessions.create("docker-images", wait=True)
     assert all(m.status == "ready" for m in berth.store.session(record.id).machines)
@@ -236,8 +237,7 @@ def shell_pid(term: Term) -> str:
 @pytest.mark.engine
 def test_a_shell_in_the_machine(live):
     events = []
-    live.berth.subscribe("command", lambda *args: events.append(("command", *args)))
-    live.berth.subscribe("enter", lambda *args: events.append(("enter", *args)))
+    live.berth.bus.subscribe(LearnerActivity, lambda e: events.append((e.what, e.session_id, e.machine)))
     term = Term(live.app, live.auth(cols=91, rows=27))
     assert term.connected
     attached = term.event("attached")
@@ -251,7 +251,7 @@ def test_a_shell_in_the_machine(live):
     while ("command", live.session_id, "workstation") not in events or ("enter", live.session_id, "workstation") not in events:
         assert time.monotonic() < deadline, events
         time.sleep(0.05)
-    shell = live.app.extensions["berth_terminals"].shells[(live.session_id, "workstation", "main")]
+    shell = live.berth.terminals.shells[(live.session_id, "workstation", "main")]
     assert shell.tty.stream.sock.gettimeout() is None  # an idle terminal never times out
     term.close()
 
@@ -362,7 +362,7 @@ def test_shells_per_machine_are_bounded(live):
     assert len({shell_pid(t) for t in terms}) == 3
     for t in terms:
         t.close()
-    shells = live.app.extensions["berth_terminals"].shells
+    shells = live.berth.terminals.shells
     deadline = time.monotonic() + 20
     while any(key[1] == "colleague" for key in list(shells)):  # ended after the linger
         assert time.monotonic() < deadline, list(shells)

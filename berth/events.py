@@ -1,0 +1,92 @@
+"""Berth's event bus: parts say what happened, once, as a typed event; whoever cares
+subscribes (the checker, the Socket.IO layer that forwards to the pages, a dashboard, a
+webhook, a log). Nothing that publishes knows who listens."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened in one learner's session."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SessionReady(Event):
+    """Every machine of the session answers (after it was created, or adopted after a restart)."""
+
+
+@dataclass(frozen=True)
+class SessionEnded(Event):
+    """The session ended; its machines are about to be removed."""
+
+
+@dataclass(frozen=True)
+class MachinesChanged(Event):
+    """A machine of the session changed state (starting, ready, failed)."""
+
+    machines: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TasksChanged(Event):
+    """A task's status or feedback changed: the whole task list, as the API shows it."""
+
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LearnerActivity(Event):
+    """The learner did something in a machine: pressed Enter, a command returned to the
+    prompt, or files were put into it."""
+
+    machine: str = ""
+    what: Literal["enter", "command", "files"] = "command"
+
+
+@dataclass(frozen=True)
+class TerminalOpened(Event):
+    machine: str = ""
+    shell: str = "main"
+
+
+@dataclass(frozen=True)
+class TerminalClosed(Event):
+    machine: str = ""
+    shell: str = "main"
+    reason: str = "exit"  # exit | linger | session
+
+
+E = TypeVar("E", bound=Event)
+
+
+class Bus:
+    """Delivers each event to the subscribers of its type, in the publisher's thread, in the
+    order they subscribed. A subscriber that fails is logged; the others still hear it."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[type[Event], list[Callable[[Any], None]]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def subscribe(self, kind: type[E], callback: Callable[[E], None]) -> None:
+        with self._lock:
+            self._subscribers[kind].append(callback)
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            callbacks = [c for kind, cs in self._subscribers.items() if isinstance(event, kind) for c in cs]
+        for callback in callbacks:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("%s subscriber %r failed", type(event).__name__, callback)

@@ -1,0 +1,141 @@
+"""Berth, the composition root: one object builds every part, wires who hears what on the
+event bus, and starts and stops them all. Parts get what they need in their constructor
+and never look each other up; the web layer (create_app) is wired to a Berth from outside."""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import logging
+import secrets
+import threading
+
+from .certs import CertificateAuthority
+from .check_framework import CheckRunner
+from .checker import Checker
+from .checks import KINDS
+from .config import Config
+from .events import Bus, LearnerActivity, SessionEnded, SessionReady
+from .lessons import Library
+from .machines import MachineBackend, MachineError
+from .origins import OriginPolicy
+from .ports import PortWatch
+from .sessions import Sessions
+from .store import Store
+from .terminal import Terminals
+
+log = logging.getLogger("berth")
+
+# Machines backends by the name BERTH_MACHINES gives; any other value is "module:Class".
+BACKENDS = {"docker": "berth.machines:DockerMachines"}
+STOP_TIMEOUT = 10  # seconds to wait for each thread when Berth stops
+
+
+def backend_class(name: str) -> type[MachineBackend]:
+    """The MachineBackend that BERTH_MACHINES names, as JupyterHub finds its spawner class."""
+    module_name, _, class_name = BACKENDS.get(name, name).partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise MachineError(f"BERTH_MACHINES={name}: no such machines backend "
+                           f"(known: {', '.join(BACKENDS)}, or module:Class).") from None
+    if not (isinstance(found, type) and issubclass(found, MachineBackend)):
+        raise MachineError(f"BERTH_MACHINES={name} is not a MachineBackend.")
+    return found
+
+
+class Berth:
+    """The running parts of one Berth: built here, top to bottom, in the order they need
+    each other; `start` runs them, `stop` ends every thread they started."""
+
+    def __init__(self, config: Config, backend: MachineBackend | None = None):
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.data_dir / "berth.sqlite3")
+        self.instance_id = self.store.meta("instance_id", lambda: secrets.token_hex(4))
+        self.secret_key = self.store.meta("secret_key", lambda: secrets.token_hex(32))
+        self.bus = Bus()
+        self.library = Library(config.lessons_dir, settings={"BERTH_BASE_IMAGE": config.base_image},
+                               known_kinds={name: kind.params for name, kind in KINDS.items()})
+        self.authority = CertificateAuthority(config.data_dir / "certs")
+        self.backend = backend or backend_class(config.machines)(config, self.instance_id, self.authority)
+        self.sessions = Sessions(config, self.store, self.backend, self.library, self.bus)
+        self.runner = CheckRunner(KINDS)
+        self.checker = Checker(config, self.store, self.library, self.backend, self.runner, self.bus)
+        self.terminals = Terminals(config, self.sessions, self.backend, self.bus)
+        self.ports = PortWatch(self.backend)
+        self.origins = OriginPolicy(config.allowed_origins)
+        self._machine_networks = ipaddress.ip_network(config.network_pool)
+        self.state = "starting"  # starting | ready | failed
+        self.problem = ""
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+        # Who hears what. The web layer subscribes too, to forward events to the pages.
+        self.bus.subscribe(SessionReady, lambda event: self.checker.watch(event.session_id))
+        self.bus.subscribe(SessionEnded, lambda event: self.checker.forget(event.session_id))
+        self.bus.subscribe(SessionEnded, lambda event: self.terminals.end_session(event.session_id))
+        self.bus.subscribe(LearnerActivity, self.checker.on_activity)
+        self.bus.subscribe(LearnerActivity, self._learner_active)
+
+    def _learner_active(self, event: LearnerActivity) -> None:
+        if event.what == "enter":  # typing in a terminal keeps a session from being reaped as idle
+            self.sessions.touch(event.session_id)
+
+    def from_machine(self, address: str | None) -> bool:
+        """True when a request comes from a learner machine's network."""
+        try:
+            return ipaddress.ip_address(address or "") in self._machine_networks
+        except ValueError:
+            return False
+
+    # --- running
+
+    def start(self) -> None:
+        """Run the parts; prepare the machines side in the background (pages answer meanwhile)."""
+        self.checker.start()
+        self.terminals.start()
+        self._spawn(self._startup, "startup")
+
+    def prepare(self) -> None:
+        """Make the machines backend ready and take over the sessions it still has."""
+        self.backend.prepare([self.config.base_image, *self.library.images()])
+        self.sessions.adopt()
+        self.state, self.problem = "ready", ""
+
+    def stop(self) -> None:
+        """Stop every part and wait for the threads Berth started."""
+        self._stop.set()
+        self.terminals.stop()
+        self.checker.stop()
+        self.runner.close()
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT)
+        self.backend.close()
+
+    def _spawn(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _startup(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.prepare()
+                break
+            except MachineError as error:
+                self.state, self.problem = "failed", error.message
+                log.error("not ready: %s %s", error.message, error.detail)
+            if self._stop.wait(5):
+                return
+        if not self._stop.is_set():
+            self._spawn(self._reap_forever, "reaper")
+
+    def _reap_forever(self) -> None:
+        while not self._stop.wait(self.config.reap_interval):
+            try:
+                self.sessions.reap()
+            except MachineError as error:
+                log.warning("reaper: %s", error.message)
+            except Exception:
+                log.exception("reaper failed")

@@ -1,0 +1,169 @@
+"""Berth's Socket.IO side: the namespaces the lesson page connects to, and the one
+subscriber of the bus that forwards events to the pages' rooms.
+
+- `/session` (auth {session, token}): the page joins its session's room and is sent
+  `tasks` and `machines` at once and whenever the bus says they changed.
+- `/terminal` (auth {session, token, machine[, shell, cols, rows, epoch, offset]}): in:
+  input, resize, ack; out: attached, output, notice, ended. The terminal bridge does the
+  work; each connection is a Screen to it.
+
+Nothing below this layer knows Socket.IO."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import request
+from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, emit, join_room
+
+from .events import Bus, MachinesChanged, TasksChanged
+from .machines import MachineError
+from .sessions import SessionError
+from .terminal import MAX_COLS, MAX_ROWS, SHELL_NAME, TerminalError
+from .web import current_berth
+
+log = logging.getLogger(__name__)
+
+SESSION = "/session"
+TERMINAL = "/terminal"
+
+# Threading is set explicitly: an installed eventlet would otherwise be picked, and
+# eventlet is winding down. Each WebSocket holds a thread for its lifetime.
+socketio = SocketIO(async_mode="threading")
+
+
+def relay(bus: Bus, server: SocketIO = socketio) -> None:
+    """Forward what the pages show to their session's room on /session."""
+    bus.subscribe(TasksChanged, lambda event: server.emit("tasks", event.tasks, namespace=SESSION,
+                                                          to=event.session_id))
+    bus.subscribe(MachinesChanged, lambda event: server.emit("machines", event.machines, namespace=SESSION,
+                                                             to=event.session_id))
+
+
+class SessionNamespace(Namespace):
+    """/session: the lesson page's task list and machine states."""
+
+    def on_connect(self, auth=None):
+        auth = auth if isinstance(auth, dict) else {}
+        session_id, token = auth.get("session"), auth.get("token")
+        if not isinstance(session_id, str) or not isinstance(token, str):
+            raise ConnectionRefusedError("Send auth {session, token}.")
+        berth = current_berth()
+        try:
+            record = berth.sessions.authenticate(session_id, token)
+        except SessionError as error:
+            raise ConnectionRefusedError(error.message) from None
+        join_room(record.id)
+        emit("machines", berth.checker.machine_states(record.id))
+        emit("tasks", berth.checker.task_list(record.id))
+        log.debug("session %s: page %s connected", record.id, request.sid)  # type: ignore[attr-defined]
+        berth.checker.request(record.id)
+
+
+class SocketScreen:
+    """One /terminal connection, as the terminal bridge sees a browser tab."""
+
+    def __init__(self, server: SocketIO, sid: str):
+        self.server = server
+        self.id = sid
+
+    def send(self, event: str, data: Any) -> None:
+        try:
+            self.server.emit(event, data, to=self.id, namespace=TERMINAL)
+        except Exception:  # a send to a client that just left must not stop the pump
+            log.debug("emit %s to %s failed", event, self.id, exc_info=True)
+
+    def hang_up(self) -> None:
+        try:
+            self.server.server.disconnect(self.id, namespace=TERMINAL)
+        except Exception:  # the client may be gone already
+            log.debug("disconnecting %s failed", self.id, exc_info=True)
+
+    @property
+    def connected(self) -> bool:
+        return self.server.server.manager.is_connected(self.id, TERMINAL)
+
+
+def _size(value: object, default: int, largest: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= largest else default
+
+
+def _seq(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _refuse(status: int, code: str, message: str):
+    raise ConnectionRefusedError(message, {"error": code, "status": status})
+
+
+class TerminalNamespace(Namespace):
+    """/terminal: who may connect, and the events relayed to the terminal bridge."""
+
+    def _settled(self) -> bool:
+        """True for a client that is neither connecting nor disconnecting: an event it
+        names "connect" or "disconnect" is then its own invention, and ignored."""
+        return self.socketio.server.manager.is_connected(request.sid, TERMINAL)  # type: ignore[attr-defined]
+
+    def on_connect(self, auth=None):
+        if self._settled():
+            return
+        berth = current_berth()
+        if not berth.origins(request.headers.get("Origin"), request.environ):
+            _refuse(403, "foreign_origin", "Terminals may only be opened from Berth's own pages.")
+        if not isinstance(auth, dict):
+            _refuse(401, "token_required", "Send {session, token, machine} as the connection's auth.")
+        session_id, token, machine = auth.get("session"), auth.get("token"), auth.get("machine")
+        name = auth.get("shell", "main")
+        if not all(isinstance(v, str) and 0 < len(v) <= 200 for v in (session_id, token, machine)):
+            _refuse(401 if not token else 400, "token_required" if not token else "bad_request",
+                    "The auth needs the strings session, token and machine.")
+        if not isinstance(name, str) or not SHELL_NAME.fullmatch(name):
+            _refuse(400, "bad_request", "A shell name is 1-32 of a-z, 0-9, - and _.")
+        try:
+            berth.sessions.authenticate(session_id, token)
+            if berth.state != "ready":
+                _refuse(503, "not_ready", "Berth is still starting; the terminal will connect in a moment.")
+            screen = SocketScreen(self.socketio, request.sid)  # type: ignore[attr-defined]
+            berth.terminals.attach(screen, session_id, machine, name,
+                                   _size(auth.get("cols"), 80, MAX_COLS), _size(auth.get("rows"), 24, MAX_ROWS),
+                                   auth.get("epoch"), auth.get("offset"))
+        except (SessionError, TerminalError) as error:
+            _refuse(error.status, error.code, error.message)
+        except MachineError as error:
+            log.warning("terminal: %s (%s)", error.message, error.detail)
+            _refuse(503, "engine_unavailable", error.message)
+        except ConnectionRefusedError:
+            raise
+        except Exception:  # an answer, whatever went wrong: never a connection left hanging
+            log.exception("terminal: connecting %s/%s failed", session_id, machine)
+            _refuse(503, "terminal_unavailable", "The terminal could not be opened; Berth logged why.")
+
+    def on_disconnect(self, reason=None):
+        if not self._settled():
+            current_berth().terminals.detach(request.sid)  # type: ignore[attr-defined]
+
+    def on_input(self, data=None, seq=None, *_):
+        if isinstance(data, str):
+            data = data.encode("utf-8", "replace")
+        if isinstance(data, bytes) and data:
+            current_berth().terminals.input(request.sid, _seq(seq), data)  # type: ignore[attr-defined]
+
+    def on_resize(self, size=None, seq=None, *_):
+        if not isinstance(size, dict):
+            return
+        cols, rows = _size(size.get("cols"), 0, MAX_COLS), _size(size.get("rows"), 0, MAX_ROWS)
+        if cols and rows:
+            current_berth().terminals.resize(request.sid, _seq(seq), cols, rows)  # type: ignore[attr-defined]
+
+    def on_ack(self, offset=None, *_):
+        if isinstance(offset, int) and not isinstance(offset, bool):
+            current_berth().terminals.ack(request.sid, offset)  # type: ignore[attr-defined]
+
+
+def init_app(app, bus: Bus) -> None:
+    socketio.init_app(app, cors_allowed_origins=app.berth.origins, async_mode="threading",
+                      max_http_buffer_size=1024 * 1024)
+    socketio.on_namespace(SessionNamespace(SESSION))
+    socketio.on_namespace(TerminalNamespace(TERMINAL))
+    relay(bus)

@@ -1,0 +1,131 @@
+"""The web layer's shared kernel: the Flask app that carries its Berth, who a request is
+(a session's token, from the Authorization header or the lesson page's cookie), errors as
+JSON, and the response headers every page gets. The blueprints (views, files, preview) and
+the Socket.IO namespaces (sockets) build on it."""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+from flask import Flask, current_app, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from .machines import MachineError
+from .root import Berth
+from .sessions import SessionError
+from .store import SessionRecord
+
+log = logging.getLogger(__name__)
+
+COOKIE_PREFIX = "berth_"
+
+
+class BerthFlask(Flask):
+    """A Flask app wired to one Berth."""
+
+    berth: Berth
+
+
+def current_berth() -> Berth:
+    """The Berth of the app serving this request."""
+    return cast(BerthFlask, current_app).berth
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str):
+    response = jsonify(error=code, message=message)
+    response.status_code = status
+    if status == 503:
+        response.headers["Retry-After"] = "10"
+    return response
+
+
+# --- who is asking
+
+def cookie_name(slug: str) -> str:
+    return COOKIE_PREFIX + slug.replace("-", "_")
+
+
+def cookie_credentials(session_id: str) -> str | None:
+    """The token of session_id if a lesson cookie of this browser holds it."""
+    for name, value in request.cookies.items():
+        if name.startswith(COOKIE_PREFIX) and value.startswith(session_id + ":"):
+            return value.split(":", 1)[1]
+    return None
+
+
+def authenticated(session_id: str) -> SessionRecord:
+    header = request.headers.get("Authorization", "")
+    token = None
+    berth = current_berth()
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise ApiError(401, "token_required", "Send the token as 'Authorization: Bearer TOKEN'.")
+        token = value.strip()
+    else:
+        token = cookie_credentials(session_id)
+        if token is not None and request.method not in ("GET", "HEAD") \
+                and not berth.origins(request.headers.get("Origin"), request.environ):
+            raise ApiError(403, "foreign_origin",
+                           "Requests from other web sites may not use this browser's session.")
+    record = berth.sessions.authenticate(session_id, token)
+    g.session_record = record
+    return record
+
+
+def ensure_ready() -> None:
+    berth = current_berth()
+    if berth.state != "ready":
+        message = berth.problem or "Berth is still starting (preparing the engine and images); try again in a few seconds."
+        raise ApiError(503, "not_ready", message)
+
+
+# --- errors and headers, for every blueprint
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError):
+        return error_response(error.status, error.code, error.message)
+
+    @app.errorhandler(SessionError)
+    def _session_error(error: SessionError):
+        return error_response(error.status, error.code, error.message)
+
+    @app.errorhandler(MachineError)
+    def _machine_error(error: MachineError):
+        log.warning("%s: %s (%s)", request.path, error.message, error.detail)
+        return error_response(error.status if error.status != 500 else 503, error.code, error.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        if request.path.startswith("/api/") or request.path.startswith("/s/"):
+            code = (error.name or "error").lower().replace(" ", "_")
+            return error_response(error.code or 500, code, error.description or error.name)
+        return render_template("error.html", error=error), error.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unexpected error on %s", request.path)
+        if request.path.startswith("/api/"):
+            return error_response(500, "internal", "Something went wrong in Berth; it is logged.")
+        return render_template("error.html", error=None), 500
+
+    @app.after_request
+    def _headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if response.mimetype == "text/html" and not request.path.startswith("/s/"):
+            # style-src 'unsafe-inline': xterm.js sizes and colours its cells with <style>
+            # elements it creates at run time, and takes no nonce. Scripts stay 'self' only.
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-src 'self'; "
+                "frame-ancestors 'self'; base-uri 'none'; form-action 'self'")
+        return response
