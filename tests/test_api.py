@@ -149,8 +149,8 @@ def test_capacity_is_503_with_a_clear_message(engine, tmp_path):
 
 
 def test_an_unusable_machine_image_is_a_clear_503(engine, tmp_path):
-    # The base image is no machine image: its containers exit at once, so Berth finds no
-    # way to run machines and says so, instead of creating sessions that cannot work.
+    # The base image is no machine image: its containers exit at once, so the probe machine
+    # fails and Berth says so, instead of creating sessions that cannot work.
     berth = BerthServer(tmp_path / "unusable", {"BERTH_MACHINE_IMAGE": os.environ.get("BERTH_BASE_IMAGE", "debian:bookworm")})
     berth.start(wait=False)
     try:
@@ -158,14 +158,14 @@ def test_an_unusable_machine_image_is_a_clear_503(engine, tmp_path):
         while True:
             try:
                 health = requests.get(berth.url + "/healthz", timeout=5)
-                if health.json().get("engine") == "ok" and "No way" in health.json().get("reason", ""):
+                if health.json().get("engine") == "ok" and "do not start" in health.json().get("reason", ""):
                     break
             except requests.ConnectionError:
                 pass
             assert time.monotonic() < deadline
             time.sleep(0.3)
         response = requests.post(berth.url + "/api/sessions", json={"lesson": "docker-images"}, timeout=30)
-        assert response.status_code == 503 and "Docker engine in a container" in response.json()["message"]
+        assert response.status_code == 503 and "do not start on this engine" in response.json()["message"]
         assert [n for n in labelled(engine, berth.instance_id) if "mirror" not in n] == []
     finally:
         berth.stop()
