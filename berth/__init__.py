@@ -173,6 +173,8 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
     terminal.init_app(app)
     from . import checker
     checker.init_app(app)
+    from . import instructor
+    instructor.init_app(app)
     # Outermost, so that it also covers Socket.IO: learner machines may not use Berth
     # itself, even where it listens on an address their network routes to.
     app.wsgi_app = RefuseMachines(app.wsgi_app, berth)  # type: ignore[method-assign]

@@ -275,6 +275,7 @@ class Checker:
         if tasks != watch.last_sent:
             watch.last_sent = tasks
             self.socketio.emit("tasks", tasks, namespace=NAMESPACE, to=watch.session_id)
+            self.berth.notify("tasks", watch.session_id, tasks)  # e.g. a workshop's dashboard
 
     # --- the timer
 

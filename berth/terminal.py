@@ -81,6 +81,7 @@ class Viewer:
     next_seq: int = 0  # the input/resize sequence number expected next
     since: float = field(default_factory=time.monotonic)
     early: dict[int, tuple] = field(default_factory=dict)  # messages that overtook others
+    watch: bool = False  # an instructor looking over the learner's shoulder: output only
 
 
 class Shell:
@@ -201,21 +202,25 @@ class Shell:
         newline = self.ring.find(b"\n", 0, 4096)
         return self.ring_start + newline + 1 if newline >= 0 else self.ring_start
 
-    def add_viewer(self, sid: str, cols: int, rows: int, epoch: object, offset: object) -> dict:
+    def add_viewer(self, sid: str, cols: int, rows: int, epoch: object, offset: object,
+                   watch: bool = False) -> dict:
         with self.cond:
             if self.closed:
                 raise TerminalError(503, "shell_ended", "The shell has just ended; connect again for a new one.")
             start = self.replay_start(epoch, offset)
             resumed = start == offset and epoch == self.epoch
-            viewer = Viewer(sid, sent=start, acked=start)
+            viewer = Viewer(sid, sent=start, acked=start, watch=watch)
             self.viewers[sid] = viewer
             self.idle_since = None
             attached = {"epoch": self.epoch, "offset": start, "shell": self.state, "resumed": resumed,
                         "name": self.key[2]}
+            if watch:  # a watcher shows the shell at the learner's size and never changes it
+                attached.update(watch=True, cols=self.size[0], rows=self.size[1])
             self.terminals.emit("attached", attached, sid)
             self._send(viewer)
             self.cond.notify_all()
-        self.enqueue(("resize", cols, rows))
+        if not watch:
+            self.enqueue(("resize", cols, rows))
         return attached
 
     def remove_viewer(self, sid: str) -> None:
@@ -240,8 +245,8 @@ class Shell:
         each other; clients number them and they are put back in order here."""
         with self.cond:
             viewer = self.viewers.get(sid)
-            if viewer is None:
-                return
+            if viewer is None or viewer.watch:
+                return  # a watcher's input is never accepted
             if seq is None or seq < viewer.next_seq:
                 ready = [item]
             else:
@@ -290,10 +295,17 @@ class Shell:
                     self.tty.write(item[1])
                 else:
                     self.tty.resize(item[1], item[2])
+                    self._tell_watchers(item[1], item[2])
             except OSError as error:
                 log.info("terminal %s: the shell stopped taking input: %s", self.key, error)
                 self.close("exit")
                 return
+
+    def _tell_watchers(self, cols: int, rows: int) -> None:
+        with self.cond:
+            watchers = [v.sid for v in self.viewers.values() if v.watch]
+        for sid in watchers:
+            self.terminals.emit("size", {"cols": cols, "rows": rows}, sid)
 
     def close(self, reason: str) -> None:
         """Stop relaying; the pump then ends and tells the viewers why."""
@@ -332,7 +344,7 @@ class Terminals:
     # --- connections
 
     def attach(self, sid: str, session_id: str, machine_name: str, name: str, cols: int, rows: int,
-               epoch: object = None, offset: object = None) -> dict:
+               epoch: object = None, offset: object = None, watch: bool = False) -> dict:
         sessions = self.berth.sessions
         machine = sessions.machine(session_id, machine_name)  # SessionError if not there or not ready
         key = (session_id, machine_name, name)
@@ -356,7 +368,7 @@ class Terminals:
                 shell.start()
         with self._lock:
             self._by_sid[sid] = shell
-        return shell.add_viewer(sid, cols, rows, epoch, offset)
+        return shell.add_viewer(sid, cols, rows, epoch, offset, watch)
 
     def _open(self, key: tuple[str, str, str], machine: Machine, cols: int, rows: int) -> Shell:
         backend = self.berth.backend
@@ -550,13 +562,19 @@ class TerminalNamespace(Namespace):
                     "The auth needs the strings session, token and machine.")
         if not isinstance(name, str) or not SHELL_NAME.fullmatch(name):
             _refuse(400, "bad_request", "A shell name is 1-32 of a-z, 0-9, - and _.")
+        watch = auth.get("mode") == "watch"
+        if auth.get("mode") not in (None, "watch"):
+            _refuse(400, "bad_request", 'The only mode is "watch" (read-only, for the instructor).')
         try:
-            berth.sessions.authenticate(session_id, token)
+            if watch:  # the instructor, read-only (berth/instructor.py checks the token)
+                current_app.extensions["berth_watch"](session_id, token)
+            else:
+                berth.sessions.authenticate(session_id, token)
             if berth.state != "ready":
                 _refuse(503, "not_ready", "Berth is still starting; the terminal will connect in a moment.")
             _terminals().attach(request.sid, session_id, machine, name,
                                 _size(auth.get("cols"), 80, MAX_COLS), _size(auth.get("rows"), 24, MAX_ROWS),
-                                auth.get("epoch"), auth.get("offset"))
+                                auth.get("epoch"), auth.get("offset"), watch)
         except (SessionError, TerminalError) as error:
             _refuse(error.status, error.code, error.message)
         except MachineError as error:
