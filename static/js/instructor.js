@@ -34,8 +34,11 @@
     if (!iso) return "";
     const seconds = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
     if (seconds < 45) return "just now";
-    if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
-    return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min ago`;
+    const minutes = Math.round(seconds / 60);
+    return minutes < 60 ? `${minutes} min ago` : `${Math.floor(minutes / 60)} h ${minutes % 60} min ago`;
+  }
+  function handText(help) {
+    return `${ago(help.at)}${help.message ? `: “${help.message}”` : ""}`;
   }
   function firstUnmet(task) {
     const item = (task.feedback || []).find((f) => !f.ok);
@@ -73,13 +76,13 @@
     const finished = learners.filter((l) => l.tasks.length && l.done === l.tasks.length).length;
     const summary = document.getElementById("summary");
     summary.replaceChildren(
-      chip("hand", `✋ ${hands} ${hands === 1 ? "hand" : "hands"} up`, hands),
+      chip("hand", `${hands} ${hands === 1 ? "hand" : "hands"} up`, hands),
       chip("stuck", `⚠ ${stuck} stuck`, stuck),
       chip("finished", `✓ ${finished} finished`, finished),
       chip("", `${learners.length} working`, 1),
     );
     document.getElementById("empty").hidden = state.learners.size > 0;
-    document.title = (hands ? `✋${hands} · ` : "") + (state.workshop ? state.workshop.title : "Workshop") + " · Berth";
+    document.title = (hands ? `(${hands}) ` : "") + (state.workshop ? state.workshop.title : "Workshop") + " · Berth";
   }
   function chip(kind, text, count) {
     const node = el("span", `chip ${kind}`, text);
@@ -104,8 +107,8 @@
     who.appendChild(name);
     if (learner.help) {
       const hand = el("div", "hand");
-      hand.appendChild(el("span", "hand-text",
-        `✋ ${ago(learner.help.at)}${learner.help.message ? `: “${learner.help.message}”` : ""}`));
+      hand.appendChild(el("span", "badge", "Hand up"));
+      hand.appendChild(el("span", "hand-text", handText(learner.help)));
       const clear = el("button", "quiet small clear-hand", "Clear");
       clear.type = "button";
       clear.title = "Lower this hand (you have helped)";
@@ -113,11 +116,17 @@
       hand.appendChild(clear);
       who.appendChild(hand);
     }
-    if (learner.stuck) who.appendChild(el("div", "stuck", `⚠ Stuck: ${learner.stuck_reason}`));
+    if (learner.stuck) {
+      const stuck = el("div", "stuck");
+      stuck.appendChild(el("span", "badge", "Stuck"));
+      stuck.appendChild(el("span", "stuck-text", learner.stuck_reason));
+      who.appendChild(stuck);
+    }
     if (learner.active) {
       const actions = el("div", "row-actions");
+      actions.appendChild(el("span", "muted", "Watch"));
       learner.machines.forEach((machine) => {
-        const button = el("button", "quiet small watch-button", `Watch ${machine.name}`);
+        const button = el("button", "quiet small watch-button", machine.name);
         button.type = "button";
         button.dataset.machine = machine.name;
         button.disabled = machine.status !== "ready";
@@ -233,8 +242,8 @@
     const w = state.workshop;
     if (!w) return;
     if (w.ended_at) { node.textContent = `Ended at ${clock(w.ended_at)}; the results are kept`; node.className = "ended"; return; }
-    const left = (new Date(w.expires_at).getTime() - Date.now()) / 60000;
-    node.textContent = `Ends at ${clock(w.expires_at)} (${left >= 60 ? `${Math.floor(left / 60)} h ${Math.round(left % 60)} min` : `${Math.max(0, Math.round(left))} min`} left)`;
+    const left = Math.max(0, Math.round((new Date(w.expires_at).getTime() - Date.now()) / 60000));
+    node.textContent = `Ends at ${clock(w.expires_at)} (${left >= 60 ? `${Math.floor(left / 60)} h ${left % 60} min` : `${left} min`} left)`;
   }
   setInterval(() => {
     showTime();
@@ -245,7 +254,7 @@
     body.querySelectorAll(".hand-text").forEach((span) => {
       const learner = state.learners.get(span.closest("tr").dataset.session);
       if (learner && learner.help) {
-        span.textContent = `✋ ${ago(learner.help.at)}${learner.help.message ? `: “${learner.help.message}”` : ""}`;
+        span.textContent = handText(learner.help);
       }
     });
   }, 15000);
@@ -322,6 +331,7 @@
     const stateNode = document.getElementById("watch-state");
     watching = window.BerthWatch.open(host, {
       session: learner.session, machine, token,
+      fitIn: () => ({ width: host.clientWidth - 16, height: window.innerHeight * 0.7 - 40 }),
       onStatus: (name, text) => { stateNode.dataset.state = name; stateNode.textContent = text; },
     });
   }

@@ -4,7 +4,8 @@
  * terminal size (`attached` carries it, `size` follows changes); it accepts no input from
  * a watcher, and this terminal takes none either.
  *
- * window.BerthWatch.open(host, {session, machine, token, onStatus}) returns {terminal, socket, close()}. */
+ * window.BerthWatch.open(host, {session, machine, token, onStatus, fitIn}) returns {terminal, socket,
+ * close()}; fitIn() gives the {width, height} the terminal may take. */
 (function () {
   "use strict";
   const ACK_DELAY = 30;
@@ -31,9 +32,21 @@
       ackTimer = null;
       if (processed > acked) { acked = processed; socket.emit("ack", processed); }
     }
+    // The learner's terminal, whole: a smaller font where their size does not fit the space
+    // the page gives (options.fitIn), never a scrolled-off part of it.
+    function showSize(cols, rows) {
+      term.resize(cols, rows);
+      const room = options.fitIn ? options.fitIn() : null;
+      if (!room) return;
+      for (let size = 13; size >= 7; size -= 1) {
+        term.options.fontSize = size;
+        const screen = host.querySelector(".xterm-screen");
+        if (!screen || (screen.offsetWidth <= room.width && screen.offsetHeight <= room.height)) break;
+      }
+    }
     socket.on("attached", (info) => {
       if (info.epoch !== epoch) { epoch = info.epoch; term.reset(); processed = acked = info.offset; }
-      if (info.cols && info.rows) term.resize(info.cols, info.rows);
+      if (info.cols && info.rows) showSize(info.cols, info.rows);
       onStatus("connected", "watching live");
     });
     socket.on("output", (data, offset) => {
@@ -44,7 +57,7 @@
         if (!ackTimer) ackTimer = setTimeout(sendAck, ACK_DELAY);
       });
     });
-    socket.on("size", (size) => term.resize(size.cols, size.rows));
+    socket.on("size", (size) => showSize(size.cols, size.rows));
     socket.on("ended", (info) => onStatus("disconnected", info.message));
     socket.on("disconnect", () => onStatus("reconnecting", "reconnecting…"));
     socket.on("connect_error", (error) => onStatus("failed", (error && error.message) || "cannot connect"));

@@ -32,7 +32,7 @@
       if (notice.at) localStorage.setItem(`berth.notice.${page.session}`, notice.at);
     });
     const label = document.createElement("strong");
-    label.textContent = "📣 Instructor: ";
+    label.textContent = "Instructor: ";
     box.append(label, text, when, close);
     notices.prepend(box);
     while (notices.children.length > 3) notices.lastElementChild.remove();
@@ -44,7 +44,7 @@
 
   function showHand(raised) {
     seat.dataset.hand = String(raised);
-    button.textContent = raised ? "✋ Hand raised · lower it" : "✋ Raise hand";
+    button.textContent = raised ? "Hand raised · lower it" : "Raise hand";
     button.setAttribute("aria-pressed", String(raised));
     if (raised) form.hidden = true;
   }
