@@ -29,6 +29,11 @@ def main() -> None:
         raise SystemExit(f"berth: {error}") from None
     app = create_app(config)
     print(f"Berth is serving on http://{config.host}:{config.port}/", flush=True)
+    workshops = app.berth.workshops
+    if workshops.token_made:  # as Jupyter does: the instructor's way in, with its token
+        print(f"Instructor: http://{config.host}:{config.port}/instructor?token={workshops.token}", flush=True)
+    else:
+        print(f"Instructor: http://{config.host}:{config.port}/instructor (token: BERTH_INSTRUCTOR_TOKEN)", flush=True)
     socketio.run(app, host=config.host, port=config.port, request_handler=NoDelayRequestHandler,
                  allow_unsafe_werkzeug=True, use_reloader=False, log_output=False)
 

@@ -47,13 +47,14 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
     app.config.update(SECRET_KEY=berth.secret_key, MAX_CONTENT_LENGTH=1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from . import assets, files, preview, sockets, views, web
+    from . import assets, files, instructor, preview, sockets, views, web
     assets.init_app(app)
     web.init_app(app)
     views.init_app(app)
     preview.init_app(app)
     files.init_app(app)
     sockets.init_app(app, berth.bus)
+    instructor.init_app(app)
     # Outermost, so that it also covers Socket.IO: learner machines may not use Berth
     # itself, even where it listens on an address their network routes to.
     app.wsgi_app = RefuseMachines(app.wsgi_app, berth)  # type: ignore[method-assign]

@@ -17,9 +17,10 @@ VENDOR_JS = (
     "@xterm/addon-web-links/lib/addon-web-links.js",
     "socket.io-client/dist/socket.io.min.js",
 )
-# Berth's scripts; lesson.js last: it wires the others into the page.
-BERTH_JS = ("js/terminal.js", "js/tasks.js", "js/preview.js", "js/lesson.js")
-CSS = ("@xterm/xterm/css/xterm.css", "css/berth.css")
+# Berth's scripts; lesson.js wires the ones before it into the page, workshop.js adds to it.
+BERTH_JS = ("js/terminal.js", "js/tasks.js", "js/preview.js", "js/lesson.js", "js/workshop.js")
+INSTRUCTOR_JS = ("js/watch.js", "js/instructor.js")  # the workshop dashboard
+CSS = ("@xterm/xterm/css/xterm.css", "css/berth.css", "css/workshops.css")
 
 
 class AssetsMissing(RuntimeError):
@@ -40,6 +41,7 @@ def init_app(app: Flask) -> Environment:
     assets.auto_build = False  # built here, once; pages only ask for the URLs
     assets.register("vendor_js", Bundle(*VENDOR_JS, output="gen/vendor.%(version)s.js"))
     assets.register("berth_js", Bundle(*BERTH_JS, output="gen/berth.%(version)s.js"))
+    assets.register("instructor_js", Bundle(*INSTRUCTOR_JS, output="gen/instructor.%(version)s.js"))
     assets.register("berth_css", Bundle(*CSS, output="gen/berth.%(version)s.css"))
     for bundle in assets:
         bundle.build(force=True)  # once at start-up, not racing on the first page view

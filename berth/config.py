@@ -74,6 +74,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BERTH_CHECK_INTERVAL", "10s", "How often tasks are checked when nothing else prompts a check.", parse_duration),
     Setting("BERTH_UPLOAD_LIMIT", "1g", "Largest file a learner may upload into or copy between machines.", parse_size),
     Setting("BERTH_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING or ERROR.", str),
+    Setting("BERTH_INSTRUCTOR_TOKEN", "", "Token of the instructor (workshops and their dashboard); empty: Berth makes one, keeps it in the data folder (instructor-token) and prints an instructor link at start-up.", str),
+    Setting("BERTH_STUCK_AFTER", "10m", "A workshop learner counts as stuck after this long without progress (a task done, or a change in what its checks say).", parse_duration),
+    Setting("BERTH_STUCK_TRIES", "6", "A workshop learner counts as stuck when the same checks have failed through this many commands in a row.", int),
 )
 
 
@@ -107,6 +110,9 @@ class Config:
     check_interval: int = 10
     upload_limit: int = 1024**3
     log_level: str = "INFO"
+    instructor_token: str = ""
+    stuck_after: int = 600
+    stuck_tries: int = 6
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:

@@ -1,6 +1,9 @@
 """Berth's event bus: parts say what happened, once, as a typed event; whoever cares
-subscribes (the checker, the Socket.IO layer that forwards to the pages, a dashboard, a
-webhook, a log). Nothing that publishes knows who listens."""
+subscribes (the checker, the workshops, the Socket.IO layer that forwards to the pages, a
+webhook, a log). Nothing that publishes knows who listens.
+
+Most events are about one learner's session (`Event`, with its `session_id`); a workshop's
+own are about the workshop (`WorkshopEvent`, with its `workshop_id`)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Event:
+class Happening:
+    """Anything the bus carries: subscribe to it to hear every event."""
+
+
+@dataclass(frozen=True)
+class Event(Happening):
     """Something that happened in one learner's session."""
 
     session_id: str
@@ -67,7 +75,46 @@ class TerminalClosed(Event):
     reason: str = "exit"  # exit | linger | session
 
 
-E = TypeVar("E", bound=Event)
+# --- workshops (berth/workshops.py publishes them; the Socket.IO layer forwards them)
+
+
+@dataclass(frozen=True)
+class NoticeSent(Event):
+    """The instructor's message for one learner's page (a broadcast, the workshop's end)."""
+
+    message: str = ""
+    at: str | None = None  # ISO 8601, as the API writes times
+
+
+@dataclass(frozen=True)
+class HandChanged(Event):
+    """A learner raised their hand (`help`: its message and time) or it was lowered (None)."""
+
+    help: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WorkshopEvent(Happening):
+    """Something that happened in a workshop, for its dashboard."""
+
+    workshop_id: str
+
+
+@dataclass(frozen=True)
+class LearnerChanged(WorkshopEvent):
+    """A learner's entry on the dashboard changed: tasks, activity, stuck, hand, machines."""
+
+    entry: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkshopChanged(WorkshopEvent):
+    """The workshop itself changed (a broadcast, its end): its summary, as the API shows it."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+E = TypeVar("E", bound=Happening)
 
 
 class Bus:
@@ -75,14 +122,14 @@ class Bus:
     order they subscribed. A subscriber that fails is logged; the others still hear it."""
 
     def __init__(self) -> None:
-        self._subscribers: dict[type[Event], list[Callable[[Any], None]]] = defaultdict(list)
+        self._subscribers: dict[type[Happening], list[Callable[[Any], None]]] = defaultdict(list)
         self._lock = threading.Lock()
 
     def subscribe(self, kind: type[E], callback: Callable[[E], None]) -> None:
         with self._lock:
             self._subscribers[kind].append(callback)
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Happening) -> None:
         with self._lock:
             callbacks = [c for kind, cs in self._subscribers.items() if isinstance(event, kind) for c in cs]
         for callback in callbacks:

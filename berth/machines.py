@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -303,6 +304,21 @@ class MachineBackend(ABC):
     def missing_images(self, images: list[str]) -> list[str]:
         """Which of these images the backend cannot start machines or lessons from."""
 
+    def memory(self) -> dict[str, int | None]:
+        """Memory where machines run, in bytes, for the instructor's capacity: "total"
+        (None when not known) and "available" where the backend can tell."""
+        return {"total": None}
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
 
 def _gone(error: Exception) -> bool:
     return isinstance(error, docker.errors.NotFound)
@@ -358,6 +374,18 @@ class DockerMachines(MachineBackend):
                 "The Docker engine does not answer. Start it (./run serve does this on Debian) "
                 "or point DOCKER_HOST at one.", str(error)
             ) from None
+
+    def memory(self) -> dict[str, int | None]:
+        """The engine host's total; what is available only when that host is this one."""
+        try:
+            total = self.host.info().get("MemTotal")
+        except (MachineError, docker.errors.DockerException, requests.exceptions.RequestException):
+            total = None  # an engine that does not answer: no figure, not an error
+        figures: dict[str, int | None] = {"total": total}
+        host = os.environ.get("DOCKER_HOST", "")
+        if not host or host.startswith("unix://"):
+            figures["available"] = _available_memory()
+        return figures
 
     def missing_images(self, images: list[str]) -> list[str]:
         missing = []

@@ -15,7 +15,7 @@ from .check_framework import CheckRunner
 from .checker import Checker
 from .checks import KINDS
 from .config import Config
-from .events import Bus, LearnerActivity, SessionEnded, SessionReady
+from .events import Bus, LearnerActivity, SessionEnded, SessionReady, TasksChanged
 from .lessons import Library
 from .machines import MachineBackend, MachineError
 from .origins import OriginPolicy
@@ -23,6 +23,7 @@ from .ports import PortWatch
 from .sessions import Sessions
 from .store import Store
 from .terminal import Terminals
+from .workshops import JoinLimiter, Workshops, load_instructor_token
 
 log = logging.getLogger("berth")
 
@@ -65,6 +66,10 @@ class Berth:
         self.terminals = Terminals(config, self.sessions, self.backend, self.bus)
         self.ports = PortWatch(self.backend)
         self.origins = OriginPolicy(config.allowed_origins)
+        token, token_made = load_instructor_token(config)
+        self.workshops = Workshops(config, self.store, self.sessions, self.library, self.checker.task_list,
+                                   self.bus, token=token, token_made=token_made)
+        self.join_limiter = JoinLimiter()
         self._machine_networks = ipaddress.ip_network(config.network_pool)
         self.state = "starting"  # starting | ready | failed
         self.problem = ""
@@ -77,6 +82,10 @@ class Berth:
         self.bus.subscribe(SessionEnded, lambda event: self.terminals.end_session(event.session_id))
         self.bus.subscribe(LearnerActivity, self.checker.on_activity)
         self.bus.subscribe(LearnerActivity, self._learner_active)
+        self.bus.subscribe(TasksChanged, lambda event: self.workshops.on_tasks(event.session_id, event.tasks))
+        self.bus.subscribe(LearnerActivity, self.workshops.on_activity)
+        self.bus.subscribe(SessionReady, lambda event: self.workshops.on_session(event.session_id))
+        self.bus.subscribe(SessionEnded, lambda event: self.workshops.on_session(event.session_id))
 
     def _learner_active(self, event: LearnerActivity) -> None:
         if event.what == "enter":  # typing in a terminal keeps a session from being reaped as idle
@@ -95,6 +104,7 @@ class Berth:
         """Run the parts; prepare the machines side in the background (pages answer meanwhile)."""
         self.checker.start()
         self.terminals.start()
+        self.workshops.start()
         self._spawn(self._startup, "startup")
 
     def prepare(self) -> None:
@@ -106,6 +116,7 @@ class Berth:
     def stop(self) -> None:
         """Stop every part and wait for the threads Berth started."""
         self._stop.set()
+        self.workshops.stop()
         self.terminals.stop()
         self.checker.stop()
         self.runner.close()

@@ -2,10 +2,14 @@
 subscriber of the bus that forwards events to the pages' rooms.
 
 - `/session` (auth {session, token}): the page joins its session's room and is sent
-  `tasks` and `machines` at once and whenever the bus says they changed.
-- `/terminal` (auth {session, token, machine[, shell, cols, rows, epoch, offset]}): in:
-  input, resize, ack; out: attached, output, notice, ended. The terminal bridge does the
-  work; each connection is a Screen to it.
+  `tasks` and `machines` at once and whenever the bus says they changed; in a workshop,
+  also the instructor's `notice` and `help` (a raised hand, or none).
+- `/terminal` (auth {session, token, machine[, shell, cols, rows, epoch, offset, mode]}):
+  in: input, resize, ack; out: attached, output, notice, ended, and `size` for a watcher
+  (mode "watch": the instructor token, read-only). The terminal bridge does the work; each
+  connection is a Screen to it.
+- `/instructor` (auth {workshop, token}, the instructor token): the dashboard joins its
+  workshop's room and is sent `workshop` at once, then `learner` and `workshop` as they change.
 
 Nothing below this layer knows Socket.IO."""
 
@@ -17,28 +21,52 @@ from typing import Any
 from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, emit, join_room
 
-from .events import Bus, MachinesChanged, TasksChanged
+from .events import (
+    Bus,
+    HandChanged,
+    LearnerChanged,
+    MachinesChanged,
+    NoticeSent,
+    TasksChanged,
+    WorkshopChanged,
+)
 from .machines import MachineError
 from .sessions import SessionError
 from .terminal import MAX_COLS, MAX_ROWS, SHELL_NAME, TerminalError
 from .web import current_berth
+from .workshops import WorkshopError
 
 log = logging.getLogger(__name__)
 
 SESSION = "/session"
 TERMINAL = "/terminal"
+INSTRUCTOR = "/instructor"
 
 # Threading is set explicitly: an installed eventlet would otherwise be picked, and
 # eventlet is winding down. Each WebSocket holds a thread for its lifetime.
 socketio = SocketIO(async_mode="threading")
 
 
+def workshop_room(workshop_id: str) -> str:
+    return f"workshop:{workshop_id}"
+
+
 def relay(bus: Bus, server: SocketIO = socketio) -> None:
-    """Forward what the pages show to their session's room on /session."""
-    bus.subscribe(TasksChanged, lambda event: server.emit("tasks", event.tasks, namespace=SESSION,
-                                                          to=event.session_id))
-    bus.subscribe(MachinesChanged, lambda event: server.emit("machines", event.machines, namespace=SESSION,
-                                                             to=event.session_id))
+    """Forward what the pages show: to a session's room on /session, to a workshop's
+    dashboard on /instructor."""
+    def to_session(event: str, data: Any, session_id: str) -> None:
+        server.emit(event, data, namespace=SESSION, to=session_id)
+
+    def to_dashboard(event: str, data: Any, workshop_id: str) -> None:
+        server.emit(event, data, namespace=INSTRUCTOR, to=workshop_room(workshop_id))
+
+    bus.subscribe(TasksChanged, lambda event: to_session("tasks", event.tasks, event.session_id))
+    bus.subscribe(MachinesChanged, lambda event: to_session("machines", event.machines, event.session_id))
+    bus.subscribe(NoticeSent, lambda event: to_session("notice", {"message": event.message, "at": event.at},
+                                                       event.session_id))
+    bus.subscribe(HandChanged, lambda event: to_session("help", {"help": event.help}, event.session_id))
+    bus.subscribe(LearnerChanged, lambda event: to_dashboard("learner", event.entry, event.workshop_id))
+    bus.subscribe(WorkshopChanged, lambda event: to_dashboard("workshop", event.summary, event.workshop_id))
 
 
 class SessionNamespace(Namespace):
@@ -120,14 +148,20 @@ class TerminalNamespace(Namespace):
                     "The auth needs the strings session, token and machine.")
         if not isinstance(name, str) or not SHELL_NAME.fullmatch(name):
             _refuse(400, "bad_request", "A shell name is 1-32 of a-z, 0-9, - and _.")
+        watch = auth.get("mode") == "watch"
+        if auth.get("mode") not in (None, "watch"):
+            _refuse(400, "bad_request", 'The only mode is "watch" (read-only, for the instructor).')
         try:
-            berth.sessions.authenticate(session_id, token)
+            if watch:  # the instructor, read-only
+                berth.workshops.authorize_watch(session_id, token)
+            else:
+                berth.sessions.authenticate(session_id, token)
             if berth.state != "ready":
                 _refuse(503, "not_ready", "Berth is still starting; the terminal will connect in a moment.")
             screen = SocketScreen(self.socketio, request.sid)  # type: ignore[attr-defined]
             berth.terminals.attach(screen, session_id, machine, name,
                                    _size(auth.get("cols"), 80, MAX_COLS), _size(auth.get("rows"), 24, MAX_ROWS),
-                                   auth.get("epoch"), auth.get("offset"))
+                                   auth.get("epoch"), auth.get("offset"), watch)
         except (SessionError, TerminalError) as error:
             _refuse(error.status, error.code, error.message)
         except MachineError as error:
@@ -161,9 +195,31 @@ class TerminalNamespace(Namespace):
             current_berth().terminals.ack(request.sid, offset)  # type: ignore[attr-defined]
 
 
+class InstructorNamespace(Namespace):
+    """/instructor: the workshop dashboard's live view, for the instructor token only."""
+
+    def on_connect(self, auth=None):
+        berth = current_berth()
+        if not berth.origins(request.headers.get("Origin"), request.environ):
+            _refuse(403, "foreign_origin", "The dashboard may only be opened from Berth's own pages.")
+        auth = auth if isinstance(auth, dict) else {}
+        token, workshop_id = auth.get("token"), auth.get("workshop")
+        workshops = berth.workshops
+        try:
+            workshops.check_token(token if isinstance(token, str) else None)
+            if not isinstance(workshop_id, str):
+                raise WorkshopError(400, "bad_request", "Send auth {workshop, token}.")
+            workshop = workshops.get(workshop_id)
+        except SessionError as error:
+            _refuse(error.status, error.code, error.message)
+        join_room(workshop_room(workshop.id))
+        emit("workshop", workshops.workshop_json(workshop))
+
+
 def init_app(app, bus: Bus) -> None:
     socketio.init_app(app, cors_allowed_origins=app.berth.origins, async_mode="threading",
                       max_http_buffer_size=1024 * 1024)
     socketio.on_namespace(SessionNamespace(SESSION))
     socketio.on_namespace(TerminalNamespace(TERMINAL))
+    socketio.on_namespace(InstructorNamespace(INSTRUCTOR))
     relay(bus)

@@ -44,6 +44,27 @@ CREATE TABLE IF NOT EXISTS task_results (
     feedback TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (session_id, task_id)
 );
+CREATE TABLE IF NOT EXISTS workshops (
+    id TEXT PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    lesson TEXT NOT NULL,
+    title TEXT NOT NULL,
+    seats INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    ended_at REAL,
+    notice TEXT,
+    notice_at REAL
+);
+CREATE TABLE IF NOT EXISTS workshop_learners (
+    session_id TEXT PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+    workshop_id TEXT NOT NULL REFERENCES workshops(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    joined_at REAL NOT NULL,
+    help_message TEXT,
+    help_at REAL
+);
+CREATE INDEX IF NOT EXISTS workshop_learners_by_workshop ON workshop_learners (workshop_id, joined_at);
 """
 
 
@@ -71,6 +92,34 @@ class SessionRecord:
     last_seen_at: float
     ended_at: float | None = None
     machines: list[MachineRecord] = field(default_factory=list)
+
+
+@dataclass
+class WorkshopRecord:
+    id: str
+    code: str
+    lesson: str
+    title: str
+    seats: int
+    created_at: float
+    expires_at: float
+    ended_at: float | None = None
+    notice: str | None = None
+    notice_at: float | None = None
+
+    def over(self, now: float | None = None) -> bool:
+        """Ended by the instructor, or past its time."""
+        return self.ended_at is not None or self.expires_at <= (now or time.time())
+
+
+@dataclass
+class LearnerRecord:
+    session_id: str
+    workshop_id: str
+    name: str
+    joined_at: float
+    help_message: str | None = None
+    help_at: float | None = None
 
 
 @dataclass
@@ -219,3 +268,52 @@ class Store:
             (session_id, result.task_id, result.status, result.completed_at,
              json.dumps(result.feedback)),
         )
+
+    def set_expiry(self, session_id: str, expires_at: float) -> None:
+        self._run("UPDATE sessions SET expires_at = ? WHERE id = ?", (expires_at, session_id))
+
+    # workshops and their learners
+
+    def add_workshop(self, record: WorkshopRecord) -> None:
+        self._run(
+            "INSERT INTO workshops (id, code, lesson, title, seats, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (record.id, record.code, record.lesson, record.title, record.seats, record.created_at,
+             record.expires_at),
+        )
+
+    def workshop(self, workshop_id: str) -> WorkshopRecord | None:
+        rows = self._run("SELECT * FROM workshops WHERE id = ?", (workshop_id,))
+        return WorkshopRecord(**dict(rows[0])) if rows else None
+
+    def workshop_by_code(self, code: str) -> WorkshopRecord | None:
+        rows = self._run("SELECT * FROM workshops WHERE code = ?", (code,))
+        return WorkshopRecord(**dict(rows[0])) if rows else None
+
+    def workshops(self) -> list[WorkshopRecord]:
+        """Every workshop, newest first (ended ones too: their results are kept)."""
+        return [WorkshopRecord(**dict(row)) for row in self._run("SELECT * FROM workshops ORDER BY created_at DESC")]
+
+    def end_workshop(self, workshop_id: str) -> None:
+        self._run("UPDATE workshops SET ended_at = ? WHERE id = ? AND ended_at IS NULL", (time.time(), workshop_id))
+
+    def set_notice(self, workshop_id: str, message: str) -> None:
+        self._run("UPDATE workshops SET notice = ?, notice_at = ? WHERE id = ?", (message, time.time(), workshop_id))
+
+    def add_learner(self, record: LearnerRecord) -> None:
+        self._run("INSERT INTO workshop_learners (session_id, workshop_id, name, joined_at) VALUES (?, ?, ?, ?)",
+                  (record.session_id, record.workshop_id, record.name, record.joined_at))
+
+    def learner(self, session_id: str) -> LearnerRecord | None:
+        rows = self._run("SELECT * FROM workshop_learners WHERE session_id = ?", (session_id,))
+        return LearnerRecord(**dict(rows[0])) if rows else None
+
+    def learners(self, workshop_id: str) -> list[LearnerRecord]:
+        """A workshop's learners in the order they joined, those whose session ended too."""
+        rows = self._run("SELECT * FROM workshop_learners WHERE workshop_id = ? ORDER BY joined_at, rowid",
+                         (workshop_id,))
+        return [LearnerRecord(**dict(row)) for row in rows]
+
+    def set_help(self, session_id: str, message: str | None, at: float | None) -> None:
+        self._run("UPDATE workshop_learners SET help_message = ?, help_at = ? WHERE session_id = ?",
+                  (message, at, session_id))

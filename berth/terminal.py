@@ -98,6 +98,7 @@ class Viewer:
     next_seq: int = 0  # the input/resize sequence number expected next
     since: float = field(default_factory=time.monotonic)
     early: dict[int, tuple] = field(default_factory=dict)  # messages that overtook others
+    watch: bool = False  # an instructor looking over the learner's shoulder: output only
 
 
 class Shell:
@@ -218,21 +219,25 @@ class Shell:
         newline = self.ring.find(b"\n", 0, 4096)
         return self.ring_start + newline + 1 if newline >= 0 else self.ring_start
 
-    def add_viewer(self, screen: Screen, cols: int, rows: int, epoch: object, offset: object) -> dict:
+    def add_viewer(self, screen: Screen, cols: int, rows: int, epoch: object, offset: object,
+                   watch: bool = False) -> dict:
         with self.cond:
             if self.closed:
                 raise TerminalError(503, "shell_ended", "The shell has just ended; connect again for a new one.")
             start = self.replay_start(epoch, offset)
             resumed = start == offset and epoch == self.epoch
-            viewer = Viewer(screen, sent=start, acked=start)
+            viewer = Viewer(screen, sent=start, acked=start, watch=watch)
             self.viewers[screen.id] = viewer
             self.idle_since = None
             attached = {"epoch": self.epoch, "offset": start, "shell": self.state, "resumed": resumed,
                         "name": self.key[2]}
+            if watch:  # a watcher shows the shell at the learner's size and never changes it
+                attached.update(watch=True, cols=self.size[0], rows=self.size[1])
             screen.send("attached", attached)
             self._send(viewer)
             self.cond.notify_all()
-        self.enqueue(("resize", cols, rows))
+        if not watch:
+            self.enqueue(("resize", cols, rows))
         return attached
 
     def remove_viewer(self, sid: str) -> None:
@@ -252,13 +257,14 @@ class Shell:
 
     # --- input: viewers -> TTY, in the order each viewer sent it
 
-    def receive(self, sid: str, seq: int | None, item: tuple) -> None:
+    def receive(self, sid: str, seq: int | None, item: tuple) -> bool:
         """Socket.IO runs each event in a thread of its own, so messages can overtake
-        each other; clients number them and they are put back in order here."""
+        each other; clients number them and they are put back in order here. False when
+        the viewer may not type (it left, or it is a watcher)."""
         with self.cond:
             viewer = self.viewers.get(sid)
-            if viewer is None:
-                return
+            if viewer is None or viewer.watch:
+                return False  # a watcher's input is never accepted
             if seq is None or seq < viewer.next_seq:
                 ready = [item]
             else:
@@ -273,6 +279,7 @@ class Shell:
             for ready_item in ready:
                 if not self.enqueue(ready_item):
                     viewer.screen.send("notice", {"message": "Input was dropped: the shell is not reading it."})
+        return True
 
     def enqueue(self, item: tuple) -> bool:
         with self.cond:
@@ -307,10 +314,17 @@ class Shell:
                     self.tty.write(item[1])
                 else:
                     self.tty.resize(item[1], item[2])
+                    self._tell_watchers(item[1], item[2])
             except OSError as error:
                 log.info("terminal %s: the shell stopped taking input: %s", self.key, error)
                 self.close("exit")
                 return
+
+    def _tell_watchers(self, cols: int, rows: int) -> None:
+        with self.cond:
+            watchers = [v.screen for v in self.viewers.values() if v.watch]
+        for screen in watchers:
+            screen.send("size", {"cols": cols, "rows": rows})
 
     def close(self, reason: str) -> None:
         """Stop relaying; the pump then ends and tells the viewers why."""
@@ -368,8 +382,9 @@ class Terminals:
     # --- connections
 
     def attach(self, screen: Screen, session_id: str, machine_name: str, name: str, cols: int, rows: int,
-               epoch: object = None, offset: object = None) -> dict:
-        """Show the shell `name` of a machine on a screen, opening it if needed."""
+               epoch: object = None, offset: object = None, watch: bool = False) -> dict:
+        """Show the shell `name` of a machine on a screen, opening it if needed. A watcher
+        (`watch`: the instructor) sees it at the learner's size; its input is never taken."""
         machine = self.sessions.machine(session_id, machine_name)  # SessionError if not there or not ready
         key = (session_id, machine_name, name)
         with self._lock:
@@ -393,7 +408,7 @@ class Terminals:
                 self.bus.publish(TerminalOpened(session_id, machine_name, name))
         with self._lock:
             self._by_sid[screen.id] = shell
-        return shell.add_viewer(screen, cols, rows, epoch, offset)
+        return shell.add_viewer(screen, cols, rows, epoch, offset, watch)
 
     def _open(self, key: tuple[str, str, str], machine: Machine, cols: int, rows: int) -> Shell:
         backend = self.backend
@@ -436,8 +451,7 @@ class Terminals:
         shell = self.shell_of(sid)
         if shell is None:
             return  # input before (or without) a successful connect is dropped
-        shell.receive(sid, seq, ("input", data))
-        if b"\r" in data or b"\n" in data:
+        if shell.receive(sid, seq, ("input", data)) and (b"\r" in data or b"\n" in data):
             self.notify("enter", shell.key[0], shell.key[1])
 
     def resize(self, sid: str, seq: int | None, cols: int, rows: int) -> None:
