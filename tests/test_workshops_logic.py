@@ -9,7 +9,7 @@ import time
 import pytest
 
 from berth.config import Config
-from berth.events import Bus
+from berth.events import Bus, HandChanged, Happening, LearnerChanged
 from berth.store import LearnerRecord, SessionRecord, Store, TaskResult, WorkshopRecord
 from berth.workshops import (
     CODE_ALPHABET,
@@ -103,3 +103,19 @@ def test_stuck_when_the_same_checks_fail_again_and_again(room):
     store.save_task_result("s1", TaskResult("run", "pending", None, [{"ok": False, "message": "Port 3000 ..."}]))
     workshops.on_tasks("s1", workshops.task_list("s1"))
     assert workshops.stuck_reason(ada, workshops.task_list("s1")) is None
+
+
+def test_a_raised_hand_is_said_on_the_bus_for_the_page_and_the_dashboard(room):
+    workshops, store, learner = room
+    learner(ago=60)
+    heard: list = []
+    workshops.bus.subscribe(Happening, heard.append)
+    workshops.raise_hand("s1", "  Where is \x07 my port? ")
+    hand = heard[0]
+    assert isinstance(hand, HandChanged) and hand.session_id == "s1"
+    assert hand.help and hand.help["message"] == "Where is my port?"
+    entry = heard[1]
+    assert isinstance(entry, LearnerChanged) and entry.workshop_id == "w1"
+    assert entry.entry["name"] == "Ada" and entry.entry["help"] == hand.help
+    workshops.lower_hand("s1")
+    assert heard[2] == HandChanged("s1", None) and heard[3].entry["help"] is None
