@@ -26,14 +26,17 @@ log = logging.getLogger(__name__)
 
 DEBIAN_BASE = "debian:bookworm"
 LABEL_SOURCE = "berth.source"
-# A base image made here is made as Debian makes its official one: a root file system added
-# to an empty image, bash as the command, and no apt package lists or downloads in it. So it
-# behaves as the pulled one does in all a lesson can notice: `docker run IMAGE` starts bash,
-# PATH is set (the builder's default for an image from scratch), the working directory is /,
-# `docker history` shows the ADD and the CMD, and `apt-get install` wants `apt-get update`
-# first. (`docker import` alone gives an image with no command and no PATH.)
-BASE_DOCKERFILE = """FROM scratch
-ADD rootfs.tar /
+# A base image made here is made as close to Debian's official one as this engine allows:
+# its root file system as one layer, bash as the command, PATH set, and no apt package
+# lists or downloads in it. So it behaves as the pulled one does in all a lesson can notice:
+# `docker run IMAGE` starts bash, the working directory is /, `docker history` shows the
+# layer and the CMD, and `apt-get install` wants `apt-get update` first. The layer is
+# imported (`docker import`), not ADDed in a build as Debian does: on an engine that remaps
+# users (Berth's), the builder's ADD of a root file system fails on files not owned by root
+# ("Container ID 100042 cannot be mapped"), so history says "Imported" where the official
+# image says "ADD file:".
+BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE_DOCKERFILE = """FROM {layer}
 CMD ["bash"]
 """
 
@@ -186,11 +189,20 @@ class Setup:
         return True
 
     def build_base(self, context: Path, tag: str) -> None:
-        """Build `tag` from BASE_DOCKERFILE and the rootfs.tar in `context`."""
-        (context / "Dockerfile").write_text(BASE_DOCKERFILE)
-        for chunk in self.client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True):
-            if "error" in chunk:
-                raise SystemExit(f"berth: building {tag} failed: {chunk['error']}")
+        """Build `tag` from the rootfs.tar in `context`: imported as one layer with PATH
+        set, then BASE_DOCKERFILE on top of it."""
+        layer = f"berth-base-layer:{int(time.time())}"
+        repository, layer_tag = layer.split(":")
+        self.client.api.import_image(src=str(context / "rootfs.tar"), repository=repository, tag=layer_tag,
+                                     changes=[f"ENV {BASE_PATH}"])
+        try:
+            (context / "Dockerfile").write_text(BASE_DOCKERFILE.format(layer=layer))
+            (context / ".dockerignore").write_text("rootfs.tar\n")
+            for chunk in self.client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True):
+                if "error" in chunk:
+                    raise SystemExit(f"berth: building {tag} failed: {chunk['error']}")
+        finally:
+            self.client.api.remove_image(layer, noprune=True)  # the name only; the layer stays under tag
 
     def base_image(self) -> str:
         """The base image lessons use; returns the name to put in BERTH_BASE_IMAGE."""

