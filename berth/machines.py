@@ -478,7 +478,7 @@ class DockerMachines(MachineBackend):
         pool = ipaddress.ip_network(self.config.network_pool)
         with self._network_lock:
             for attempt in range(5):
-                used = []
+                used = self._host_routes()
                 for net in self.host.api.networks():
                     for entry in (net.get("IPAM") or {}).get("Config") or []:
                         try:
@@ -508,6 +508,15 @@ class DockerMachines(MachineBackend):
                         continue  # another Berth took it meanwhile
                     raise
         raise AssertionError("unreachable")
+
+    def _host_routes(self) -> list[ipaddress.IPv4Network]:
+        """Networks the host routes already, such as a bridge an earlier engine left behind:
+        a session network on top of one would be unreachable ("No route to host"). Known only
+        where Berth shares the engine's host and its network (a local engine, not in a
+        container of its own)."""
+        if self._self_container or not self.host.api.base_url.startswith("http+docker://localhost"):
+            return []
+        return routed_networks()
 
     @staticmethod
     def _connect(container: str | None, network, address, aliases: list[str]) -> None:
@@ -900,6 +909,23 @@ def _tar(files: dict[str, bytes], mode: int = 0o600) -> bytes:
             info.mtime = int(time.time())
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def routed_networks(table: str = "/proc/net/route") -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks of this host's routing table, less the default route."""
+    networks = []
+    try:
+        lines = Path(table).read_text().splitlines()[1:]
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        destination, mask = (ipaddress.IPv4Address(int(f, 16).to_bytes(4, "little")) for f in (fields[1], fields[7]))
+        if int(mask):
+            networks.append(ipaddress.IPv4Network(f"{destination}/{mask}", strict=False))
+    return networks
 
 
 def remove_instance(client: docker.DockerClient, instance_id: str) -> None:

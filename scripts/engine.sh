@@ -73,6 +73,12 @@ stop_ours() {
   local pid
   pid=$(cat "$ENGINE_PID")
   say "restarting the engine that ./run started earlier (pid $pid) with user namespaces ..."
+  # What Berth made on it goes first: the new engine keeps its data elsewhere and would not
+  # know it, and the old networks' bridges would stay on the host, routing a session
+  # network's addresses away from the new engine's.
+  docker ps -aq --filter label=berth.role | xargs -r docker rm -f >/dev/null 2>&1 || true
+  docker network ls -q --filter label=berth.role | xargs -r docker network rm >/dev/null 2>&1 || true
+  docker volume ls -q --filter label=berth.role | xargs -r docker volume rm -f >/dev/null 2>&1 || true
   kill -TERM "$pid"
   local i
   for i in $(seq 1 60); do

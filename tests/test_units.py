@@ -212,3 +212,16 @@ def test_the_bus_delivers_by_type_and_survives_a_failing_subscriber():
     bus.publish(LearnerActivity("s1", "workstation", "enter"))
     bus.publish(TasksChanged("s2", []))
     assert heard == [LearnerActivity("s1", "workstation", "enter"), ("any", "s1"), ("any", "s2")]
+
+
+def test_routed_networks_are_read_from_the_routing_table(tmp_path):
+    from berth.machines import routed_networks
+
+    table = tmp_path / "route"
+    table.write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"  # default: not a network
+        "br-1\t0000D50A\t00000000\t0001\t0\t0\t0\tE0FFFFFF\t0\t0\t0\n"  # 10.213.0.0/27
+    )
+    assert [str(n) for n in routed_networks(str(table))] == ["10.213.0.0/27"]
+    assert routed_networks(str(tmp_path / "missing")) == []
