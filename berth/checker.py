@@ -122,7 +122,9 @@ class Checker:
             return
         with watch.state:
             watch.wanted = True
-            if watch.running or watch.stopped or self._stop.is_set():
+            # Rounds run in the background only once Berth runs the checker: a Berth that
+            # is only prepared (the check tests, the self-test) checks when asked to.
+            if watch.running or watch.stopped or self._thread is None or self._stop.is_set():
                 return
             watch.running = True
         self._rounds.submit(self._rounds_while_wanted, watch)
