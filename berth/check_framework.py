@@ -156,6 +156,12 @@ class Context:
         """Run a shell script in a container of the machine. Its events carry OWN_EXEC_MARK
         and its exec id is remembered, so the checker does not take them for the learner's."""
         api = self.engine(machine).api
+        state = api.inspect_container(container_id).get("State") or {}
+        if state.get("Paused"):
+            # `docker commit` pauses the container it copies; an exec into a paused container
+            # waits for it, and held the learner's commit up for good when it came first
+            raise CheckProblem("The container is paused (docker commit pauses it while it copies); "
+                               "checking again when it runs.")
         created = api.exec_create(container_id, ["timeout", str(timeout), "sh", "-c", script, OWN_EXEC_MARK])
         self.own_execs.add(created["Id"])
         output = api.exec_start(created["Id"])
