@@ -334,13 +334,14 @@ printf 'FROM {base}\\nCOPY note /note\\nCMD ["cat", "/note"]\\n' > build/Dockerf
 docker build -q -t mine:1 build >/dev/null && docker run --rm mine:1
 docker run --rm -v /root/site:/site {base} cat /site/index.html
 docker run -d --name keeper {base} sleep 300 >/dev/null && docker exec keeper echo exec-ok
+docker top keeper | grep -o 'sleep 300' 
 docker save -o /root/mine.tar mine:1 && docker rmi mine:1 >/dev/null && docker load -i /root/mine.tar | tail -1
 mkdir -p /lower /upper /work /merged && echo 'Here is the lower layer.' > /lower/lower.txt
 echo 'Here is the upper layer.' > /upper/upper.txt
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper,workdir=/work /merged && cat /merged/*.txt
 umount /merged
 """)
-    for expected in ("built-ok", "served-ok", "exec-ok", "Loaded image: mine:1", "Here is the lower layer.",
+    for expected in ("built-ok", "served-ok", "exec-ok", "sleep 300", "Loaded image: mine:1", "Here is the lower layer.",
                      "Here is the upper layer."):
         assert expected in out, (expected, out)
 
