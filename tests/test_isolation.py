@@ -334,7 +334,7 @@ printf 'FROM {base}\\nCOPY note /note\\nCMD ["cat", "/note"]\\n' > build/Dockerf
 docker build -q -t mine:1 build >/dev/null && docker run --rm mine:1
 docker run --rm -v /root/site:/site {base} cat /site/index.html
 docker run -d --name keeper {base} sleep 300 >/dev/null && docker exec keeper echo exec-ok
-docker top keeper | grep -o 'sleep 300' 
+docker top keeper | grep -o 'sleep 300'
 docker save -o /root/mine.tar mine:1 && docker rmi mine:1 >/dev/null && docker load -i /root/mine.tar | tail -1
 mkdir -p /lower /upper /work /merged && echo 'Here is the lower layer.' > /lower/lower.txt
 echo 'Here is the upper layer.' > /upper/upper.txt
