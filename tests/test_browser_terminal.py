@@ -148,7 +148,11 @@ def test_yes_then_ctrl_c_gives_the_prompt_back_within_a_second(lesson, shots):
     print(f"prompt back {took:.0f} ms after Ctrl-C")
     wait_prompt(lesson)
     lesson.screenshot(path=str(shots / "yes.png"))
-    assert took < 1000
+    # What this guards: without flow control the prompt came back after 38 s (a whole burst
+    # queued ahead of it). Measured with flow control: 0.9 s on the machines of Berth's first
+    # version, 1.2 s on the user-namespaced machines in CI-like runs (docs/performance.md);
+    # 2 s keeps the guard an order of magnitude below the failure it catches.
+    assert took < 2000
 
 
 def test_copy_paste_and_every_key(lesson, shots):
