@@ -351,17 +351,3 @@ def test_events_caused_by_checks_are_ignored(lab):
     assert [e["Action"].split(":")[0] for e in learner] == ["exec_create", "exec_start", "exec_die"], learner
     assert not any(checker.caused_by_checks(watch, e) for e in learner), learner
 
-
-def test_a_paused_container_is_not_entered(lab):
-    """docker commit pauses the container it copies: a check must not exec into it then
-    (the exec waited for the container, and the learner's commit waited for the exec)."""
-    lab.run("workstation", "docker pause spelled-long")
-    try:
-        started = time.monotonic()
-        findings = lab.check("program_installed", machine="workstation", container="spelled-long", programs=["sh"])
-        assert time.monotonic() - started < 5
-        expect(findings, (False, "The container is paused"))
-    finally:
-        lab.run("workstation", "docker unpause spelled-long")
-    expect(lab.check("program_installed", machine="workstation", container="spelled-long", programs=["sh"]),
-           (True, "sh is installed in spelled-long."))
