@@ -4,6 +4,7 @@ isolation, adoption after a restart, and clean removal."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -141,7 +142,9 @@ def test_limits_hold(engine, tmp_path):
         code, out = in_machine(engine, session, "workstation",
                                f"docker pull -q {base} >/dev/null && docker run -d --name bomb {base} "
                                "bash -c 'b() { b | b & }; b; sleep 60'", timeout=120)
-        assert code == 0, out
+        # the bomb started (the CLI printed its id); the CLI itself may then die for want of a
+        # process, as nested containers share the machine's process limit with it
+        assert re.search(r"\b[0-9a-f]{64}\b", out), out
         time.sleep(5)
         pids = container.stats(stream=False)["pids_stats"]["current"]
         assert pids <= 300
