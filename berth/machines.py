@@ -341,7 +341,6 @@ class DockerMachines(MachineBackend):
         self._engines_lock = threading.Lock()
         self._removing: dict[str, list] = {}  # session: [lock, users]; one remover at a time
         self._removing_lock = threading.Lock()
-        self.profile_name = ""
         self._profile: Isolation | None = None
         self.mirror: Mirror | None = None
         self.mirror_container: str | None = None  # the mirror's, once it runs
@@ -426,16 +425,11 @@ class DockerMachines(MachineBackend):
                                f"isolation: {error.message}", error.detail) from None
         finally:
             self.destroy_session(probe_id)
-        self._profile, self.profile_name = isolation, isolation.name
+        self._profile = isolation
         if isolation.warning:
             log.warning("%s", isolation.warning)
         log.info("learner machines run with %s isolation: %s", isolation.name, isolation.summary)
         return isolation
-
-    @property
-    def isolation(self) -> Isolation | None:
-        """How machines are isolated here, once the probe has proved it."""
-        return self._profile
 
     @property
     def profile(self) -> Isolation:
