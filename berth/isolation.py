@@ -153,8 +153,12 @@ def egress_rules(pool: str, allowed: tuple[str, ...]) -> str:
     """A shell script (run on the engine's host, in its network namespace) that keeps
     machines of the address pool `pool` from the host and the networks around it, and lets
     them reach each other (the engine's own rules keep sessions apart), the host's DNS
-    resolvers, the ranges the operator allowed, and public addresses. Idempotent: it
-    replaces its own chains' rules on every run."""
+    resolvers, the ranges the operator allowed, and public addresses.
+
+    Idempotent, and safe to run twice at once (two Berths starting together): both chains
+    are replaced in one iptables-restore commit, so no run ever sees or leaves a chain half
+    written. Each run is its own container, so iptables' own lock (`-w`) does not order
+    them; the single commit does."""
     network = ipaddress.ip_network(pool)  # validated by config; nothing else reaches a shell
     for each in allowed:
         ipaddress.ip_network(each)
@@ -164,31 +168,38 @@ def egress_rules(pool: str, allowed: tuple[str, ...]) -> str:
     tag = f"{int(network.network_address):08X}-{network.prefixlen}"
     return f"""set -eu
 pool={pool}
-chain() {{ iptables -w -N "$1" 2>/dev/null || true; iptables -w -F "$1"; }}
-hook() {{ iptables -w -C "$1" -j "$2" 2>/dev/null || iptables -w -I "$1" 1 -j "$2"; }}
+rules() {{
+echo '*filter'
+# declaring a chain in a --noflush restore empties it, in the same commit as its new rules
+echo ':BERTH-IN-{tag} - [0:0]'
+echo ':BERTH-OUT-{tag} - [0:0]'
 # the host itself (its services, Berth, the engine's API): only answers to what it began
-chain BERTH-IN-{tag}
-iptables -w -A BERTH-IN-{tag} -s "$pool" -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
-iptables -w -A BERTH-IN-{tag} -s "$pool" -p tcp -j REJECT --reject-with tcp-reset
-iptables -w -A BERTH-IN-{tag} -s "$pool" -j REJECT --reject-with icmp-port-unreachable
-hook INPUT BERTH-IN-{tag}
+echo "-A BERTH-IN-{tag} -s $pool -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"
+echo "-A BERTH-IN-{tag} -s $pool -p tcp -j REJECT --reject-with tcp-reset"
+echo "-A BERTH-IN-{tag} -s $pool -j REJECT --reject-with icmp-port-unreachable"
 # everything forwarded from a machine
-chain BERTH-OUT-{tag}
-iptables -w -A BERTH-OUT-{tag} -s "$pool" -d "$pool" -j RETURN
-iptables -w -A BERTH-OUT-{tag} ! -s "$pool" -j RETURN
-iptables -w -A BERTH-OUT-{tag} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+echo "-A BERTH-OUT-{tag} -s $pool -d $pool -j RETURN"
+echo "-A BERTH-OUT-{tag} ! -s $pool -j RETURN"
+echo "-A BERTH-OUT-{tag} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN"
 for resolver in $(awk '/^nameserver/ {{ print $2 }}' /etc/resolv.conf | grep -v ':' || true); do
-  iptables -w -A BERTH-OUT-{tag} -d "$resolver" -p udp --dport 53 -j RETURN
-  iptables -w -A BERTH-OUT-{tag} -d "$resolver" -p tcp --dport 53 -j RETURN
+  echo "-A BERTH-OUT-{tag} -d $resolver -p udp --dport 53 -j RETURN"
+  echo "-A BERTH-OUT-{tag} -d $resolver -p tcp --dport 53 -j RETURN"
 done
-for network in {allow}; do iptables -w -A BERTH-OUT-{tag} -d "$network" -j RETURN; done
+for network in {allow}; do echo "-A BERTH-OUT-{tag} -d $network -j RETURN"; done
 # the networks the host is on (its LAN), whatever their range
 for network in $(ip -4 route show scope link | awk '{{ print $1 }}'); do
-  iptables -w -A BERTH-OUT-{tag} -d "$network" -j REJECT --reject-with icmp-net-prohibited
+  echo "-A BERTH-OUT-{tag} -d $network -j REJECT --reject-with icmp-net-prohibited"
 done
 for network in {blocked}; do
-  iptables -w -A BERTH-OUT-{tag} -d "$network" -j REJECT --reject-with icmp-net-prohibited
+  echo "-A BERTH-OUT-{tag} -d $network -j REJECT --reject-with icmp-net-prohibited"
 done
+echo COMMIT
+}}
+rules | iptables-restore -w --noflush
+# the jumps into the chains; two runs at once may both add one, and a second jump into a
+# chain that only returns or rejects changes nothing
+hook() {{ iptables -w -C "$1" -j "$2" 2>/dev/null || iptables -w -I "$1" 1 -j "$2"; }}
+hook INPUT BERTH-IN-{tag}
 hook DOCKER-USER BERTH-OUT-{tag}
 echo applied
 """

@@ -587,7 +587,7 @@ class DockerMachines(MachineBackend):
 
     def machines(self, session_id: str | None = None) -> list[Machine]:
         found = []
-        for container in self.host.containers.list(all=True, filters=self._filters(session_id, "machine")):
+        for container in self.host.containers.list(all=True, filters=self._filters(session_id, "machine"), ignore_removed=True):
             labels = container.labels
             networks = container.attrs["NetworkSettings"]["Networks"] or {}
             session = labels[LABEL_SESSION]
@@ -602,7 +602,7 @@ class DockerMachines(MachineBackend):
         for kind in ("machine", "disk", "network"):
             filters = self._filters(None, kind)
             if kind == "machine":
-                items = [c.labels for c in self.host.containers.list(all=True, filters=filters)]
+                items = [c.labels for c in self.host.containers.list(all=True, filters=filters, ignore_removed=True)]
             elif kind == "disk":
                 items = [v.attrs.get("Labels") or {} for v in self.host.volumes.list(filters=filters)]
             else:
@@ -672,7 +672,7 @@ class DockerMachines(MachineBackend):
 
     def _destroy_session(self, session_id: str) -> None:
         host = self.host
-        for container in host.containers.list(all=True, filters=self._filters(session_id, "machine")):
+        for container in host.containers.list(all=True, filters=self._filters(session_id, "machine"), ignore_removed=True):
             self._forget_engine_id(container.id)
             try:
                 container.remove(force=True, v=True)
@@ -928,15 +928,20 @@ def remove_instance(client: docker.DockerClient, instance_id: str) -> None:
     label = {"label": f"{LABEL_INSTANCE}={instance_id}"}
 
     def quietly(action, *args, **kwargs) -> None:
-        try:
-            action(*args, **kwargs)
-        except docker.errors.NotFound:
-            pass  # already gone
-        except docker.errors.APIError as error:
-            if error.status_code != 409:  # "removal already in progress" is fine too
-                raise
+        for attempt in range(2):
+            try:
+                action(*args, **kwargs)
+                return
+            except docker.errors.NotFound:
+                return  # already gone
+            except docker.errors.APIError as error:
+                if error.status_code == 409:
+                    return  # "removal already in progress" is fine too
+                if error.status_code != 500 or attempt:
+                    raise
+                time.sleep(1)  # the engine was busy (removing a snapshot); once more
 
-    for container in client.containers.list(all=True, filters=label):
+    for container in client.containers.list(all=True, filters=label, ignore_removed=True):
         quietly(container.remove, force=True, v=True)
     for network in client.networks.list(filters=label):
         quietly(network.reload)

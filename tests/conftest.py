@@ -166,7 +166,7 @@ def labelled(client: docker.DockerClient, instance_id: str, role: str | None = N
     """Names of everything on the engine labelled for this instance (and role)."""
     labels = [f"berth.instance={instance_id}"] + ([f"berth.role={role}"] if role else [])
     filters = {"label": labels}
-    return ([c.name for c in client.containers.list(all=True, filters=filters)]
+    return ([c.name for c in client.containers.list(all=True, filters=filters, ignore_removed=True)]
             + [n.name for n in client.networks.list(filters=filters)]
             + [v.name for v in client.volumes.list(filters=filters)])
 

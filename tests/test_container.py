@@ -84,4 +84,4 @@ def test_a_session_through_berth_in_a_container(engine, berth_container):
     deleted = requests.delete(f"{url}/api/sessions/{session['id']}",
                               headers={"Authorization": f"Bearer {session['token']}"}, timeout=60)
     assert deleted.status_code == 204
-    assert not engine.containers.list(all=True, filters={"label": f"berth.session={session['id']}"})
+    assert not engine.containers.list(all=True, filters={"label": f"berth.session={session['id']}"}, ignore_removed=True)

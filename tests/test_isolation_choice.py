@@ -1,7 +1,10 @@
 """Which isolation Berth chooses from what an engine offers (`docker info`), without an
-engine: the choice is pure logic, and its refusals are the operator's instructions."""
+engine: the choice is pure logic, and its refusals are the operator's instructions. And the
+firewall script, run twice at once in a network namespace of its own."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -63,3 +66,38 @@ def test_egress_rules_allow_what_the_operator_names_and_keep_chains_per_pool():
     assert "BERTH-OUT-0AD50000-16" in rules and "BERTH-IN-0AD50000-16" in rules
     assert rules.index("10.40.0.0/24") < rules.index("169.254.0.0/16")  # allowed before blocked
     assert "hook DOCKER-USER" in rules and "hook INPUT" in rules
+
+
+@pytest.mark.engine
+def test_two_berths_applying_the_firewall_at_once_leave_it_whole(engine):
+    """Two Berths starting together apply the firewall at the same moment. When each chain
+    was flushed and refilled a command at a time, the two runs interleaved and left a chain
+    that rejected the host's own connections to machines ahead of the rule that lets
+    answers through. Here the script runs five times two at once, in a network namespace of
+    the test's own (a container with no network), and the chains must end exactly as one
+    run leaves them."""
+    script = egress_rules("10.213.0.0/16", ("10.40.0.0/24",))
+    harness = (
+        'iptables -w -N DOCKER-USER\n'
+        'printf "%s" "$1" > /tmp/rules.sh\n'
+        'sh /tmp/rules.sh >/dev/null && iptables -S > /tmp/once\n'
+        'for round in 1 2 3 4 5; do sh /tmp/rules.sh >/dev/null & sh /tmp/rules.sh >/dev/null & wait; done\n'
+        'iptables -S > /tmp/twice\n'
+        'echo ONCE; grep BERTH /tmp/once; echo TWICE; grep BERTH /tmp/twice\n'
+    )
+    container = engine.containers.create(
+        Config.from_env(os.environ).machine_image, ["sh", "-c", harness, "harness", script], entrypoint=[],
+        network_mode="none", userns_mode="host", cap_add=["NET_ADMIN", "NET_RAW"],
+        labels={"berth.test": "firewall"})
+    try:
+        container.start()
+        assert container.wait(timeout=120)["StatusCode"] == 0, container.logs().decode()
+        output = container.logs().decode()
+    finally:
+        container.remove(force=True)
+    once, twice = output.split("TWICE")
+    once_rules = [line for line in once.splitlines() if line.startswith("-A BERTH")]
+    twice_rules = [line for line in twice.splitlines() if line.startswith("-A BERTH")]
+    assert len(once_rules) > 10, output  # the script ran and made its chains
+    assert twice_rules == once_rules, output
+    assert "-A INPUT -j BERTH-IN-0AD50000-16" in twice and "-A DOCKER-USER -j BERTH-OUT-0AD50000-16" in twice
