@@ -4,34 +4,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 from .config import Config
+from .gate import Gate
 from .machines import MachineBackend
 from .root import Berth
 from .sockets import socketio
 from .web import BerthFlask
 
 __all__ = ["Berth", "create_app", "socketio"]
-
-
-class RefuseMachines:
-    """WSGI middleware: 403 for any request from a learner machine's network."""
-
-    def __init__(self, wsgi_app, berth: Berth):
-        self.wsgi_app = wsgi_app
-        self.berth = berth
-
-    def __call__(self, environ, start_response):
-        if self.berth.from_machine(environ.get("REMOTE_ADDR")):
-            body = json.dumps({"error": "from_machine", "message": "Learner machines cannot use Berth."}).encode()
-            start_response("403 FORBIDDEN", [("Content-Type", "application/json"),
-                                             ("Content-Length", str(len(body)))])
-            return [body]
-        return self.wsgi_app(environ, start_response)
 
 
 def create_app(config: Config | None = None, backend: MachineBackend | None = None,
@@ -56,8 +40,9 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
     sockets.init_app(app, berth.bus)
     instructor.init_app(app)
     # Outermost, so that it also covers Socket.IO: learner machines may not use Berth
-    # itself, even where it listens on an address their network routes to.
-    app.wsgi_app = RefuseMachines(app.wsgi_app, berth)  # type: ignore[method-assign]
+    # itself, even where it listens on an address their network routes to, and no other
+    # site's name may stand for Berth's.
+    app.wsgi_app = Gate(app.wsgi_app, berth.origins, berth.machine_networks)  # type: ignore[method-assign]
     if start:
         berth.start()
     app.config["BERTH_STARTED_AT"] = time.time()

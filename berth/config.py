@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -50,6 +51,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("BERTH_HOST", "127.0.0.1", "Address the web server listens on; 0.0.0.0 for a classroom server."),
     Setting("BERTH_PORT", "5000", "Port the web server listens on.", int),
+    Setting("BERTH_PUBLIC_URL", "", "The address learners open, e.g. https://berth.school.example, when it is a name (not localhost or an IP address): Berth answers only to localhost, IP addresses and this name (against DNS rebinding), and takes its origin as its own.", str),
     Setting("BERTH_DATA_DIR", "instance", "Where the progress store (SQLite), keys and certificates live; relative to the project folder.", str),
     Setting("BERTH_LESSONS_DIR", "lessons", "Folder of lessons, one sub-folder each; relative to the project folder.", str),
     Setting("BERTH_BASE_IMAGE", "ubuntu:latest", "The base image lessons use (what the learner runs). `./run` sets debian:bookworm when no registry answers.", str),
@@ -57,6 +59,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BERTH_MACHINE_IMAGE", "berth-machine:latest", "Image of a learner machine (built from machine/ by `./run`).", str),
     Setting("BERTH_MIRROR_IMAGE", "berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.", str),
     Setting("BERTH_MAX_SESSIONS", "20", "Most sessions at once; more are refused with 503 until one ends.", int),
+    Setting("BERTH_SESSIONS_PER_CLIENT", "6", "Most sessions started from one client address at once (a learner's lessons), answered 429 beyond; workshop seats do not count; 0: no limit. Behind a shared address (a school's NAT) raise it, or use workshops.", int),
     Setting("BERTH_SESSION_TTL", "4h", "A session ends this long after it started.", parse_duration),
     Setting("BERTH_SESSION_IDLE", "1h", "A session ends after this long without the learner's browser or API calls.", parse_duration),
     Setting("BERTH_MACHINE_MEMORY", "1g", "Memory limit of one machine, its containers included.", parse_size),
@@ -86,6 +89,7 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 5000
+    public_url: str = ""
     data_dir: Path = PROJECT_DIR / "instance"
     lessons_dir: Path = PROJECT_DIR / "lessons"
     base_image: str = "ubuntu:latest"
@@ -93,6 +97,7 @@ class Config:
     machine_image: str = "berth-machine:latest"
     mirror_image: str = "berth-mirror:latest"
     max_sessions: int = 20
+    sessions_per_client: int = 6
     session_ttl: int = 4 * 3600
     session_idle: int = 3600
     machine_memory: int = 1024**3
@@ -140,6 +145,9 @@ class Config:
                     ipaddress.ip_network(network)
                 except ValueError as error:
                     raise ConfigError(f"{name}: {error}") from None
+        public = urlsplit(str(values["public_url"]))
+        if values["public_url"] and (public.scheme not in ("http", "https") or not public.hostname):
+            raise ConfigError(f"BERTH_PUBLIC_URL={values['public_url']!r}: not an http:// or https:// address")
         if "*" in values["allowed_origins"]:  # type: ignore[operator]
             raise ConfigError("BERTH_ALLOWED_ORIGINS may not contain '*': name each origin")
         values.update(overrides)

@@ -16,7 +16,16 @@ from flask import Blueprint, Flask, Response, abort, jsonify, redirect, render_t
 from .config import parse_duration
 from .sessions import SessionError
 from .views import cookie_session, session_json
-from .web import authenticated, cookie_name, current_berth, ensure_ready
+from .web import (
+    INSTRUCTOR_COOKIE,
+    authenticated,
+    cookie_name,
+    current_berth,
+    ensure_ready,
+    instructor_token,
+    is_instructor,
+    require_instructor,
+)
 from .workshops import (
     DEFAULT_DURATION,
     DEFAULT_SEATS,
@@ -32,7 +41,6 @@ from .workshops import (
 
 log = logging.getLogger(__name__)
 
-COOKIE = "berth-instructor"  # not berth_*: those are lesson cookies
 
 api = Blueprint("workshops_api", __name__, url_prefix="/api")
 pages = Blueprint("instructor", __name__)
@@ -40,34 +48,6 @@ pages = Blueprint("instructor", __name__)
 
 def workshops() -> Workshops:
     return current_berth().workshops
-
-
-# --- who is asking
-
-def instructor_token() -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise WorkshopError(401, "token_required", "Send the token as 'Authorization: Bearer TOKEN'.")
-        return value.strip()
-    return request.cookies.get(COOKIE)
-
-
-def require_instructor() -> None:
-    """The instructor token, from Berth's own pages (or none: tools send no Origin). A
-    page of another origin is refused whichever way it sends the token."""
-    if not current_berth().origins(request.headers.get("Origin"), request.environ):
-        raise WorkshopError(403, "foreign_origin", "Requests from other web sites may not act as the instructor.")
-    workshops().check_token(instructor_token())
-
-
-def is_instructor() -> bool:
-    try:
-        require_instructor()
-    except WorkshopError:
-        return False
-    return True
 
 
 def _find_to_join(code: str):
@@ -294,7 +274,7 @@ def dashboard(workshop_id: str):
 
 
 def _set_cookie(response, token: str) -> None:
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure, path="/",
+    response.set_cookie(INSTRUCTOR_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure, path="/",
                         max_age=30 * 86400)
 
 

@@ -282,8 +282,6 @@ def _relay(answer: http.client.HTTPResponse, connection: http.client.HTTPConnect
     for name, value in answer.getheaders():
         lower = name.lower()
         if lower in DROP_RESPONSE or lower in connection_tokens:
-            if lower == "set-cookie" and not value.strip().lower().startswith("berth_"):
-                headers.add(name, value)
             continue
         if lower in ("location", "content-location"):
             value = rewrite_location(value, target.prefix, target.machine, target.published)
@@ -389,7 +387,22 @@ def websocket(target: Target):
         raise ApiError(502, "websocket_refused", f"The server on port {published.port} refused the WebSocket "
                        f"(it answered {status[1].decode('latin-1', 'replace') if len(status) > 1 else '?'}).")
     mode = "werkzeug" if "werkzeug.socket" in environ else "gunicorn"
-    return _Spliced(client, upstream, head, mode)
+    return _Spliced(client, upstream, upgrade_answer(head), mode)
+
+
+def upgrade_answer(head: bytes) -> bytes:
+    """The learner's server's answer to a WebSocket upgrade, filtered like any other answer
+    (no Set-Cookie on Berth's origin, nothing that acts on the whole origin), keeping what
+    the upgrade needs; anything after the head (early frames) is passed on as it is."""
+    head, _, rest = head.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    kept = [status]
+    for line in lines:
+        name = line.split(b":", 1)[0].strip().lower().decode("latin-1")
+        if name in ("connection", "upgrade") or name.startswith("sec-websocket-") \
+                or (name not in DROP_RESPONSE and name not in HOP_BY_HOP):
+            kept.append(line)
+    return b"\r\n".join(kept) + b"\r\n\r\n" + rest
 
 
 # --- the page's list of ports

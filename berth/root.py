@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import secrets
 import threading
+from pathlib import Path
 
 from .certs import CertificateAuthority
 from .check_framework import CheckRunner
@@ -45,13 +46,25 @@ def backend_class(name: str) -> type[MachineBackend]:
     return found
 
 
+def make_private(folder: Path) -> None:
+    """The data folder holds the progress store, Berth's secret key, the instructor token
+    and the machines' certificate authority: Berth's user alone may enter it (so whatever is
+    made in it later is out of others' reach too), and files an earlier Berth left readable
+    are closed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else path.stat().st_mode & 0o700)
+
+
 class Berth:
     """The running parts of one Berth: built here, top to bottom, in the order they need
     each other; `start` runs them, `stop` ends every thread they started."""
 
     def __init__(self, config: Config, backend: MachineBackend | None = None):
         self.config = config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(config.data_dir)
         self.store = Store(config.data_dir / "berth.sqlite3")
         self.instance_id = self.store.meta("instance_id", lambda: secrets.token_hex(4))
         self.secret_key = self.store.meta("secret_key", lambda: secrets.token_hex(32))
@@ -65,12 +78,12 @@ class Berth:
         self.checker = Checker(config, self.store, self.library, self.backend, self.runner, self.bus)
         self.terminals = Terminals(config, self.sessions, self.backend, self.bus)
         self.ports = PortWatch(self.backend)
-        self.origins = OriginPolicy(config.allowed_origins)
+        self.origins = OriginPolicy(config.allowed_origins, config.public_url, config.host)
         token, token_made = load_instructor_token(config)
         self.workshops = Workshops(config, self.store, self.sessions, self.library, self.checker.task_list,
                                    self.bus, token=token, token_made=token_made)
         self.join_limiter = JoinLimiter()
-        self._machine_networks = ipaddress.ip_network(config.network_pool)
+        self.machine_networks = ipaddress.ip_network(config.network_pool)
         self.state = "starting"  # starting | ready | failed
         self.problem = ""
         self._stop = threading.Event()
@@ -90,13 +103,6 @@ class Berth:
     def _learner_active(self, event: LearnerActivity) -> None:
         if event.what == "enter":  # typing in a terminal keeps a session from being reaped as idle
             self.sessions.touch(event.session_id)
-
-    def from_machine(self, address: str | None) -> bool:
-        """True when a request comes from a learner machine's network."""
-        try:
-            return ipaddress.ip_address(address or "") in self._machine_networks
-        except ValueError:
-            return False
 
     # --- running
 

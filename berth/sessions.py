@@ -53,16 +53,27 @@ class Sessions:
 
     # --- create, find, end
 
-    def create(self, slug: str, wait: bool = False) -> tuple[SessionRecord, str]:
+    def create(self, slug: str, wait: bool = False, client: str | None = None) -> tuple[SessionRecord, str]:
+        """A new session of a lesson, its machines starting. `client` (the address the
+        request came from) counts against BERTH_SESSIONS_PER_CLIENT, so that nobody fills
+        the room from outside; sessions a workshop hands out pass no client."""
         lesson = self.library.get(slug)
         if lesson is None:
             raise SessionError(404, "unknown_lesson", f"There is no lesson {slug!r}.")
+        limit = self.config.sessions_per_client
         with self._create_lock:
             if self.store.count_active() >= self.config.max_sessions:
                 raise SessionError(
                     503, "capacity",
                     f"Berth is full: {self.config.max_sessions} sessions are running, the most "
                     "this server allows (BERTH_MAX_SESSIONS). Try again when one has ended.",
+                )
+            if client and limit and self.store.count_active_from(client) >= limit:
+                raise SessionError(
+                    429, "too_many_sessions",
+                    f"{limit} sessions are already running from your address, the most Berth "
+                    "allows one address (BERTH_SESSIONS_PER_CLIENT). End one (its page's End "
+                    "session button) and try again.",
                 )
             session_id = secrets.token_hex(6)
             token = secrets.token_urlsafe(32)
@@ -73,6 +84,8 @@ class Sessions:
                 machines=[MachineRecord(name, "starting") for name in lesson.machines],
             )
             self.store.add_session(record)
+            if client:
+                self.store.add_fact(session_id, "client", "address", client)
         thread = threading.Thread(target=self._start_machines, args=(session_id, list(lesson.machines)),
                                   name=f"start-{session_id}", daemon=True)
         self._starting[session_id] = thread

@@ -33,7 +33,7 @@ from .events import (
 from .machines import MachineError
 from .sessions import SessionError
 from .terminal import MAX_COLS, MAX_ROWS, SHELL_NAME, TerminalError
-from .web import current_berth
+from .web import cookie_credentials, current_berth
 from .workshops import WorkshopError
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,13 @@ class SessionNamespace(Namespace):
 
     def on_connect(self, auth=None):
         auth = auth if isinstance(auth, dict) else {}
-        session_id, token = auth.get("session"), auth.get("token")
+        session_id = auth.get("session")
+        token = auth.get("token") or (cookie_credentials(session_id) if isinstance(session_id, str) else None)
         if not isinstance(session_id, str) or not isinstance(token, str):
-            raise ConnectionRefusedError("Send auth {session, token}.")
+            raise ConnectionRefusedError("Send auth {session[, token]}; without a token, the lesson's cookie.")
         berth = current_berth()
+        if not berth.origins(request.headers.get("Origin"), request.environ):
+            raise ConnectionRefusedError("Only Berth's own pages may follow a session.")
         try:
             record = berth.sessions.authenticate(session_id, token)
         except SessionError as error:
@@ -142,6 +145,8 @@ class TerminalNamespace(Namespace):
         if not isinstance(auth, dict):
             _refuse(401, "token_required", "Send {session, token, machine} as the connection's auth.")
         session_id, token, machine = auth.get("session"), auth.get("token"), auth.get("machine")
+        if not token and isinstance(session_id, str) and auth.get("mode") != "watch":
+            token = cookie_credentials(session_id)  # the lesson page's own cookie
         name = auth.get("shell", "main")
         if not all(isinstance(v, str) and 0 < len(v) <= 200 for v in (session_id, token, machine)):
             _refuse(401 if not token else 400, "token_required" if not token else "bad_request",

@@ -205,6 +205,14 @@ class Store:
             " (SELECT 1 FROM machines m WHERE m.session_id = s.id AND m.status != 'failed')"
         )[0]["n"]
 
+    def count_active_from(self, client: str) -> int:
+        """Sessions that hold machines and were started from this client address."""
+        return self._run(
+            "SELECT COUNT(*) AS n FROM sessions s JOIN session_facts f ON f.session_id = s.id"
+            " AND f.kind = 'client' AND f.key = 'address' AND f.value = ? WHERE s.ended_at IS NULL AND EXISTS"
+            " (SELECT 1 FROM machines m WHERE m.session_id = s.id AND m.status != 'failed')", (client,)
+        )[0]["n"]
+
     def _with_machines(self, row: sqlite3.Row) -> SessionRecord:
         machines = [
             MachineRecord(m["name"], m["status"], m["message"])

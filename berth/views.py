@@ -11,7 +11,7 @@ from flask import Blueprint, Flask, abort, jsonify, make_response, redirect, ren
 from .machines import EngineUnavailable
 from .sessions import SessionError
 from .store import SessionRecord, iso
-from .web import ApiError, authenticated, cookie_name, current_berth, ensure_ready
+from .web import ApiError, authenticated, cookie_name, current_berth, ensure_ready, is_instructor
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def create_session():
     if current_berth().library.get(slug) is None:
         raise ApiError(404, "unknown_lesson", f"There is no lesson {slug!r}.")
     ensure_ready()
-    record, token = current_berth().sessions.create(slug, wait=wait)
+    record, token = current_berth().sessions.create(slug, wait=wait, client=request.remote_addr)
     response = jsonify(session_json(record, token))
     response.status_code = 201
     response.headers["Location"] = f"/api/sessions/{record.id}"
@@ -94,6 +94,8 @@ def delete_session(session_id: str):
 
 @pages.get("/healthz")
 def healthz():
+    """200 when Berth can start sessions, else 503. Anonymous callers (monitoring) get the
+    status alone; with the instructor token, what is wrong and how Berth runs machines."""
     berth = current_berth()
     report: dict[str, Any] = {"status": "ok"}
     problems = []
@@ -126,11 +128,14 @@ def healthz():
     report["lesson_errors"] = len(berth.library.errors)
     if berth.state != "ready" and not problems:
         problems.append(berth.problem or "Berth is still starting.")
+    status = 503 if problems else 200
     if problems:
         report["status"] = "unavailable"
         report["reason"] = " ".join(problems)
-        return jsonify(report), 503
-    return jsonify(report)
+    if not is_instructor():
+        # what monitoring needs; the engine, images, isolation and counts are for the operator
+        report = {"status": report["status"], "detail": "with the instructor token"}
+    return jsonify(report), status
 
 
 # --- pages
@@ -152,6 +157,36 @@ def cookie_session(slug: str) -> tuple[SessionRecord | None, str | None]:
         return None, None
 
 
+def navigated_here() -> bool:
+    """True for a page load the learner made on Berth itself: typed, bookmarked or a link on
+    one of Berth's pages (Sec-Fetch-Site none or same-origin). Not for a link on another
+    site, a page of another site loading ours, or a link preview (which sends no Sec-Fetch
+    headers): those see the lesson with a button that starts it."""
+    return (request.headers.get("Sec-Fetch-Site") in ("none", "same-origin")
+            and request.headers.get("Sec-Fetch-Mode") == "navigate")
+
+
+def start_session(slug: str):
+    """A new session for this browser: its machines start, its cookie is set. A response
+    that is not a page (the refusal) when it cannot."""
+    berth = current_berth()
+    lesson = berth.library.get(slug)
+    if berth.state != "ready":
+        return None, render_template("unavailable.html", lesson=lesson,
+                                     message=berth.problem or "Berth is still starting; this page reloads by itself."), 503
+    try:
+        record, token = berth.sessions.create(slug, client=request.remote_addr)
+    except SessionError as error:
+        return None, render_template("unavailable.html", message=error.message, lesson=lesson), error.status
+    return (record, token), None
+
+
+def no_store(response):
+    """Lesson pages hold a live session: no cache (a shared computer's, a proxy's) keeps them."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @pages.get("/lessons/<slug>")
 def lesson_page(slug: str):
     berth = current_berth()
@@ -161,19 +196,42 @@ def lesson_page(slug: str):
     record, token = cookie_session(slug)
     fresh = False
     if record is None:
-        if berth.state != "ready":
-            return render_template("unavailable.html", message=berth.problem or "Berth is still starting; this page reloads by itself.", lesson=lesson), 503
-        try:
-            record, token = berth.sessions.create(slug)
-        except SessionError as error:
-            return render_template("unavailable.html", message=error.message, lesson=lesson), error.status
+        if not navigated_here():
+            return no_store(make_response(render_template("start.html", lesson=lesson)))
+        started, refusal = start_session(slug)
+        if refusal:
+            return no_store(make_response(refusal))
+        record, token = started
         fresh = True
-    response = make_response(render_template("lesson.html", lesson=lesson, session=record, token=token,
+    response = make_response(render_template("lesson.html", lesson=lesson, session=record,
                                              tasks=task_list(record),
                                              isolation_warning=berth.backend.describe().warning))
     if fresh:
-        response.set_cookie(cookie_name(slug), f"{record.id}:{token}", httponly=True, samesite="Strict",
-                            secure=request.is_secure, path="/", max_age=berth.config.session_ttl)
+        set_session_cookie(response, record, token)
+    return no_store(response)
+
+
+def set_session_cookie(response, record: SessionRecord, token: str) -> None:
+    """The lesson's cookie holds the session and its token, out of the page's reach
+    (HttpOnly): the page's requests and sockets carry it."""
+    response.set_cookie(cookie_name(record.lesson), f"{record.id}:{token}", httponly=True, samesite="Strict",
+                        secure=request.is_secure, path="/", max_age=current_berth().config.session_ttl)
+
+
+@pages.post("/lessons/<slug>/start")
+def start_lesson(slug: str):
+    """The start page's button: a learner's click starts the machines."""
+    berth = current_berth()
+    if berth.library.get(slug) is None:
+        abort(404, f"There is no lesson {slug!r}.")
+    if not berth.origins(request.headers.get("Origin"), request.environ):
+        abort(403, "Requests from other web sites may not start sessions.")
+    response = redirect(url_for("pages.lesson_page", slug=slug), 303)
+    if cookie_session(slug)[0] is None:
+        started, refusal = start_session(slug)
+        if refusal:
+            return no_store(make_response(refusal))
+        set_session_cookie(response, *started)
     return response
 
 

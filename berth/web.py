@@ -15,10 +15,12 @@ from .machines import MachineError
 from .root import Berth
 from .sessions import SessionError
 from .store import SessionRecord
+from .workshops import WorkshopError
 
 log = logging.getLogger(__name__)
 
 COOKIE_PREFIX = "berth_"
+INSTRUCTOR_COOKIE = "berth-instructor"  # not berth_*: those are lesson cookies
 
 
 class BerthFlask(Flask):
@@ -78,6 +80,32 @@ def authenticated(session_id: str) -> SessionRecord:
     record = berth.sessions.authenticate(session_id, token)
     g.session_record = record
     return record
+
+
+def instructor_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise WorkshopError(401, "token_required", "Send the token as 'Authorization: Bearer TOKEN'.")
+        return value.strip()
+    return request.cookies.get(INSTRUCTOR_COOKIE)
+
+
+def require_instructor() -> None:
+    """The instructor token, from Berth's own pages (or none: tools send no Origin). A
+    page of another origin is refused whichever way it sends the token."""
+    if not current_berth().origins(request.headers.get("Origin"), request.environ):
+        raise WorkshopError(403, "foreign_origin", "Requests from other web sites may not act as the instructor.")
+    current_berth().workshops.check_token(instructor_token())
+
+
+def is_instructor() -> bool:
+    try:
+        require_instructor()
+    except WorkshopError:
+        return False
+    return True
 
 
 def ensure_ready() -> None:

@@ -63,7 +63,8 @@ class BerthServer:
     def env(self) -> dict:
         env = dict(os.environ)
         env.update(BERTH_DATA_DIR=str(self.data_dir), BERTH_PORT=str(self.port), BERTH_HOST="127.0.0.1",
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1",
+                   BERTH_SESSIONS_PER_CLIENT="0")  # every test is the same client; test_web_guard tests the limit
         env.update(self.env_overrides)
         return env
 
@@ -138,6 +139,16 @@ class BerthServer:
             assert all(m["status"] == "ready" for m in data["machines"]), data
         return data
 
+    @property
+    def instructor_token(self) -> str:
+        """The instructor token this Berth uses: the one it was given, or the one it made."""
+        return (self.env_overrides.get("BERTH_INSTRUCTOR_TOKEN")
+                or (self.data_dir / "instructor-token").read_text().strip())
+
+    def health(self) -> requests.Response:
+        """/healthz as the operator sees it (with the instructor token: the details)."""
+        return self.get("/healthz", self.instructor_token)
+
     def get(self, path: str, token: str | None = None, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return requests.get(self.url + path, headers=headers, timeout=60, **kwargs)
@@ -145,6 +156,22 @@ class BerthServer:
     def delete_session(self, session: dict) -> requests.Response:
         return requests.delete(f"{self.url}/api/sessions/{session['id']}",
                                headers={"Authorization": f"Bearer {session['token']}"}, timeout=120)
+
+
+# What a browser sends when the learner opens a page by its address or a link on Berth's own
+# pages (Sec-Fetch-*): the lesson page then starts the lesson's machines by itself.
+NAVIGATE = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+
+
+def page_session(page) -> dict:
+    """The session a lesson page in the browser runs, from its cookie (the page itself
+    holds no token)."""
+    for cookie in page.context.cookies():
+        if cookie["name"].startswith("berth_") and ":" in cookie["value"]:
+            session_id, token = cookie["value"].split(":", 1)
+            if page.eval_on_selector("#lesson", "el => el.dataset.session") == session_id:
+                return {"id": session_id, "token": token}
+    raise AssertionError("the page's session cookie is missing")
 
 
 def wait_until(condition, timeout: float, message=lambda: "", interval: float = 0.2):

@@ -38,6 +38,7 @@ def serve(conn):
     if headers.get("upgrade", "").lower() == "websocket":
         accept = base64.b64encode(hashlib.sha1(headers["sec-websocket-key"].encode() + GUID).digest())
         conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Set-Cookie: berth_docker_images=stolen; Path=/\r\nX-Echo: yes\r\n"
                      b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
         buffer = rest
         while True:

@@ -13,7 +13,7 @@ import requests
 from berth.certs import CertificateAuthority
 from berth.machines import DockerMachines, MachineError
 
-from .conftest import BerthServer, labelled, remove_instance
+from .conftest import NAVIGATE, BerthServer, labelled, remove_instance
 
 pytestmark = pytest.mark.engine
 
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.engine
 def test_lessons_and_health(server):
     health = requests.get(server.url + "/healthz", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert server.health().json()["engine"] == "ok"
     lessons = requests.get(server.url + "/api/lessons", timeout=10).json()["lessons"]
     lesson = next(lesson for lesson in lessons if lesson["slug"] == "docker-images")
     assert [t["id"] for t in lesson["tasks"]] == ["run", "customize", "commit", "save", "load"]
@@ -100,7 +101,7 @@ def test_unknown_routes_are_json_404(server):
 
 def test_cookie_from_a_foreign_origin_cannot_end_a_session(server):
     browser = requests.Session()
-    page = browser.get(server.url + "/lessons/docker-images", timeout=60)
+    page = browser.get(server.url + "/lessons/docker-images", headers=NAVIGATE, timeout=60)
     assert page.status_code == 200
     cookie = browser.cookies.get("berth_docker_images")
     session_id = cookie.split(":")[0]
@@ -119,13 +120,16 @@ def test_engine_down_is_503_with_what_to_do(tmp_path):
         deadline = time.monotonic() + 30
         while True:
             try:
-                health = requests.get(berth.url + "/healthz", timeout=5)
+                health = berth.health()
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, FileNotFoundError):  # not listening, or no token made yet
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
         assert health.status_code == 503
         assert "engine does not answer" in health.json()["reason"]
+        anonymous = requests.get(berth.url + "/healthz", timeout=5)  # monitoring: the status alone
+        assert anonymous.status_code == 503 and anonymous.json() == {"status": "unavailable",
+                                                                      "detail": "with the instructor token"}
         created = requests.post(berth.url + "/api/sessions", json={"lesson": "docker-images"}, timeout=10)
         assert created.status_code == 503 and "engine" in created.json()["message"].lower()
         assert created.headers.get("Retry-After")
@@ -157,10 +161,10 @@ def test_an_unusable_machine_image_is_a_clear_503(engine, tmp_path):
         deadline = time.monotonic() + 60
         while True:
             try:
-                health = requests.get(berth.url + "/healthz", timeout=5)
+                health = berth.health()
                 if health.json().get("engine") == "ok" and "do not start" in health.json().get("reason", ""):
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, FileNotFoundError):  # not listening, or no token made yet
                 pass
             assert time.monotonic() < deadline
             time.sleep(0.3)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from playwright.sync_api import Page, expect
 
 from berth.config import PROJECT_DIR
@@ -65,7 +64,7 @@ def shot(page: Page, name: str) -> None:
 
 
 def test_the_whole_lesson_typed_into_the_page(server, browser):
-    base = requests.get(server.url + "/healthz", timeout=10).json()["base_image"]
+    base = server.health().json()["base_image"]
     lesson = load_lesson(PROJECT_DIR / "lessons" / "docker-images", {"BERTH_BASE_IMAGE": base})
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     try:

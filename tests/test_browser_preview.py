@@ -11,6 +11,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
+from .conftest import page_session
 from .machine_web import build_web_image, run_nginx, sh, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.browser]
@@ -24,8 +25,7 @@ def lesson(server, browser):
     """The lesson page with a session of its own (made by the page), ended afterwards."""
     page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     page.goto(server.url + "/lessons/docker-images")
-    root = page.locator("#lesson")
-    session = {"id": root.get_attribute("data-session"), "token": root.get_attribute("data-token")}
+    session = page_session(page)
     ready = wait_for(lambda: all(m["status"] == "ready" for m in server.get(
         f"/api/sessions/{session['id']}", token=session["token"]).json()["machines"]), timeout=90)
     assert ready, "the session's machines did not get ready"

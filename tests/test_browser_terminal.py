@@ -16,7 +16,7 @@ from playwright.sync_api import Page
 
 from berth.config import Config
 
-from .conftest import SCREEN_TEXT_JS, BerthServer, in_machine, remove_instance
+from .conftest import SCREEN_TEXT_JS, BerthServer, in_machine, page_session, remove_instance
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
 
@@ -40,7 +40,7 @@ def lesson(browser, server):
     wait_connected(page)
     page.click("#terminals .terminal-host:not([hidden])")
     yield page
-    session, token = page.eval_on_selector("#lesson", "el => [el.dataset.session, el.dataset.token]")
+    session, token = page_session(page).values()
     context.close()
     requests.delete(f"{server.url}/api/sessions/{session}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
     assert not errors, errors
@@ -308,7 +308,7 @@ def foreign_site():
 
 
 def test_a_foreign_origin_is_refused(browser, server, lesson, foreign_site):
-    session, token = lesson.eval_on_selector("#lesson", "el => [el.dataset.session, el.dataset.token]")
+    session, token = page_session(lesson).values()
     url, site = foreign_site
     site["src"] = lesson.eval_on_selector("script[src*='vendor']", "el => el.src")
     foreign = browser.new_page()

@@ -47,7 +47,7 @@ def wait_for_text(read, text: str, timeout: float = 15) -> None:
 
 def test_a_workshop_from_the_instructors_page(server, browser):
     token = (server.data_dir / "instructor-token").read_text().strip()
-    base = requests.get(server.url + "/healthz", timeout=10).json()["base_image"]
+    base = server.health().json()["base_image"]
     contexts = []
     errors: list[str] = []
     workshop_id = None

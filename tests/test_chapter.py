@@ -81,7 +81,7 @@ class Reader:
 
 def test_the_chapter_as_written(server, lesson_session, engine):
     reader = Reader(server, lesson_session, engine)
-    base = server.get("/healthz").json()["base_image"]
+    base = server.health().json()["base_image"]
     repository = base.split(":")[0]
 
     # Pulling image: `docker pull nginx` or `docker pull ubuntu:latest`

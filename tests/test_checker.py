@@ -53,7 +53,7 @@ class Page:
 
 
 def base_image(server) -> str:
-    return requests.get(server.url + "/healthz", timeout=10).json()["base_image"]
+    return server.health().json()["base_image"]
 
 
 def test_session_namespace_needs_the_token(server, lesson_session):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from .conftest import BerthServer, in_machine, machine_container, remove_instance
+from .conftest import NAVIGATE, BerthServer, in_machine, machine_container, remove_instance
 
 pytestmark = pytest.mark.engine
 
@@ -72,7 +72,7 @@ def attack(engine, session, command: str, machine: str = "workstation") -> str:
 
 
 def test_berth_reports_the_isolation_it_runs_with(server):
-    health = server.get("/healthz").json()
+    health = server.health().json()
     assert health["isolation"] == "userns", health
     assert "warning" not in health
 
@@ -354,10 +354,10 @@ def test_the_weaker_profile_runs_only_when_named_and_says_so(engine, tmp_path):
     trusted = BerthServer(tmp_path / "trusted", {"BERTH_ISOLATION": "trusted",
                                                  "BERTH_NETWORK_POOL": "10.216.0.0/16"}).start()
     try:
-        health = trusted.get("/healthz").json()
+        health = trusted.health().json()
         assert health["isolation"] == "trusted" and "reach the host" in health["warning"], health
         assert "reach the host" in trusted.log_tail(200)  # said at start-up, in the log
-        page = trusted.get("/lessons/docker-images")
+        page = trusted.get("/lessons/docker-images", headers=NAVIGATE)
         assert page.status_code == 200 and 'class="problem isolation-warning"' in page.text
         session = trusted.create_session()
         code, out = in_machine(engine, session, "workstation", f"docker run --rm {_base_image()} echo nested-ok")

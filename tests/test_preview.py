@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 
 import pytest
 import requests
@@ -100,7 +101,7 @@ def test_requests_reach_the_learner_server_without_berth_credentials(server, web
     body = os.urandom(3 * 1024 * 1024 + 17)
     response = get(server, web, f"/s/{sid}/workstation/port/8765/form?x=1%2F2", method="POST", data=body,
                    headers={"Cookie": f"berth_docker_images={sid}:{web['token']}; learner=1",
-                            "Host": "evil.example:80", "X-Forwarded-Host": "evil.example"})
+                            "Host": "127.0.0.2:80", "X-Forwarded-Host": "evil.example"})
     assert response.status_code == 200, response.text
     seen = response.text
     assert seen.startswith("POST /form?x=1%2F2 HTTP/1.1")
@@ -108,13 +109,13 @@ def test_requests_reach_the_learner_server_without_berth_credentials(server, web
     assert "host: localhost:8765" in lines
     assert "cookie: learner=1" in lines
     assert web["token"].lower() not in seen.lower()
-    assert "evil.example" not in seen
+    assert "evil.example" not in seen and "127.0.0.2" not in seen
     assert f"x-forwarded-prefix: /s/{sid}/workstation/port/8765" in lines
     assert f"body-size: {len(body)}" in lines
     assert f"body-sha256: {hashlib.sha256(body).hexdigest()}" in lines
-    # What the learner's server says about Berth's own origin is not passed on.
-    cookies = response.headers.get("Set-Cookie", "")
-    assert "learner=kept" in cookies and "berth_" not in cookies
+    # What the learner's server says about Berth's own origin is not passed on: previews
+    # share Berth's origin, so no cookie of theirs is set there (not even one of their own).
+    assert "Set-Cookie" not in response.headers
     assert "Strict-Transport-Security" not in response.headers
 
 
@@ -128,6 +129,26 @@ def test_websocket_upgrades_are_relayed(server, web):
         assert ws.receive(timeout=10) == "echo: again"
     finally:
         ws.close()
+
+
+def test_the_upgrade_answer_is_filtered_like_any_other(server, web):
+    """The learner's server answers the WebSocket upgrade with a cookie for Berth's origin:
+    the browser gets the upgrade without it."""
+    url = ports_of(server, web)[8765]["url"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall((f"GET {url}chat HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(4096)
+            assert data, head
+            head += data
+    lines = head.decode("latin-1").lower().split("\r\n")
+    assert lines[0].startswith("http/1.1 101"), head
+    assert "x-echo: yes" in lines  # the server's own answer, relayed
+    assert "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=" in lines
+    assert not any(line.startswith("set-cookie") for line in lines), head
 
 
 def test_refuses_foreign_tokens_other_ports_and_targets_outside_the_session(server, web, lesson_session):

@@ -146,7 +146,8 @@ def test_every_instructor_endpoint_wants_the_instructor_token(berth):
         # ... and the instructor token never shows on a learner's page or in their API
         lesson_page = requests.get(berth.url + "/lessons/docker-images", timeout=60,
                                    cookies={"berth_docker_images": f"{learner['id']}:{learner['token']}"})
-        assert lesson_page.status_code == 200 and learner["token"] in lesson_page.text
+        assert lesson_page.status_code == 200 and learner["id"] in lesson_page.text
+        assert learner["token"] not in lesson_page.text  # the HttpOnly cookie is the page's credential
         assert TOKEN not in lesson_page.text
         assert TOKEN not in berth.get(f"/api/sessions/{learner['id']}", learner["token"]).text
     finally:

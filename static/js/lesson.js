@@ -7,7 +7,6 @@
 
   const page = {
     session: root.dataset.session,
-    token: root.dataset.token,
     lesson: root.dataset.lesson,
     machines: root.dataset.machines.split(",").filter(Boolean),
     active: null,
@@ -123,7 +122,7 @@
     hosts.forEach((host) => {
       const machine = host.dataset.machine;
       page.terminals[machine] = window.BerthTerminal.open(host, {
-        session: page.session, token: page.token, machine,
+        session: page.session, machine,  // the lesson cookie is the credential
         onStatus: (name, text) => connectionState(machine, name, text),
       });
     });

@@ -28,7 +28,6 @@
 
   function start(page) {
     const api = "/api/sessions/" + encodeURIComponent(page.session);
-    const auth = { Authorization: "Bearer " + page.token };
     const bar = document.getElementById("ports");
     const pane = document.getElementById("preview");
     const terminals = document.getElementById("terminals");
@@ -46,7 +45,7 @@
       if (polling) return;
       if (document.hidden) { schedule(SLOW_POLL_MS); return; }
       polling = true;
-      fetch(api + "/ports", { headers: auth, cache: "no-store" })
+      fetch(api + "/ports", { cache: "no-store" })
         .then((response) => response.ok ? response.json() : Promise.reject(response.status))
         .then((data) => {
           failures = 0;
@@ -137,7 +136,6 @@
       if (folder && folder.trim()) query.set("path", folder.trim());
       const xhr = new XMLHttpRequest();
       xhr.open("PUT", `${api}/machines/${encodeURIComponent(machine)}/files?${query}`);
-      xhr.setRequestHeader("Authorization", auth.Authorization);
       xhr.setRequestHeader("Content-Type", "application/octet-stream");
       xhr.upload.addEventListener("progress", (event) => {
         if (event.lengthComputable) {
@@ -166,9 +164,9 @@
     function download(machine, path) {
       const url = `${api}/machines/${encodeURIComponent(machine)}/files?` + new URLSearchParams({ path });
       // Ask first, so a missing file gives a message here and not a page of JSON.
-      fetch(url, { method: "HEAD", headers: auth }).then((response) => {
+      fetch(url, { method: "HEAD" }).then((response) => {
         if (!response.ok) {
-          return fetch(url, { headers: auth }).then((r) => r.json().catch(() => ({})))
+          return fetch(url).then((r) => r.json().catch(() => ({})))
             .then((data) => say(problem(response, data), "error"));
         }
         const link = el("a", { href: url, download: "" });
@@ -183,7 +181,7 @@
     function send(from, path, to) {
       say(`Sending ${path} from ${from} to ${to} …`, "info", true);
       return fetch(`${api}/machines/${encodeURIComponent(from)}/files/copy`, {
-        method: "POST", headers: { ...auth, "Content-Type": "application/json" },
+        method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ path, to }),
       }).then((response) => response.json().then((data) => {
         if (response.status === 201) say(`${to} has it now: ${data.path} (${sizeText(data.size)}).`, "ok");

@@ -3,7 +3,7 @@
  * whenever they change. This file ticks tasks, shows each task's feedback, the progress and
  * the machines' states in the top bar.
  *
- * window.BerthTasks.start(page) with page = {session, token, ...} (lesson.js). */
+ * window.BerthTasks.start(page) with page = {session, ...} (lesson.js). */
 (function () {
   "use strict";
 
@@ -66,7 +66,7 @@
     }
     const socket = window.io("/session", {
       transports: ["websocket", "polling"],
-      auth: { session: page.session, token: page.token },
+      auth: { session: page.session },  // with the lesson cookie
     });
     socket.on("tasks", showTasks);
     socket.on("machines", showMachines);

@@ -1,7 +1,8 @@
 /* The web terminal: xterm.js in the page, bridged to a shell in a learner machine over the
  * Socket.IO namespace /terminal (protocol: docs/api.md).
  *
- * window.BerthTerminal.open(host, {session, token, machine, onStatus(name, text)}) returns
+ * window.BerthTerminal.open(host, {session, token?, machine, onStatus(name, text)}) returns
+ * (without a token the connection carries the lesson cookie)
  * {fit(), focus(), type(text), state}. Output carries absolute byte offsets: the page
  * acknowledges what xterm.js has processed (the server's credit window), and on reconnect
  * tells the server where it left off so that nothing is shown twice. */
