@@ -12,12 +12,14 @@ import io
 import json
 import re
 import tarfile
+import time
 from dataclasses import dataclass, field
 
 import docker.errors
 import requests.exceptions
 from pydantic import Field, field_validator, model_validator
 
+from .bounded import TooMuch, read_bounded
 from .check_framework import CHECK_TIMEOUT, KINDS, CheckProblem, Context, Finding, Params, kind
 from .ports import port_bindings
 
@@ -295,6 +297,7 @@ class FileParams(Params):
 
 
 READ_LIMIT = 1024 * 1024
+HTTP_TIME = 5.0  # seconds a page may take to arrive whole
 
 
 def read_machine_file(ctx: Context, machine: str, path: str) -> str | None:
@@ -370,7 +373,12 @@ def http(ctx: Context, p: HttpParams) -> list[Finding]:
     where = f"port {p.port} of {p.machine}"
     Where = "P" + where[1:]  # noqa: N806 - the same words, starting a sentence
     try:
-        response = ctx.http.get(url, timeout=(2, 4), allow_redirects=False)
+        response = ctx.http.get(url, timeout=(2, 4), allow_redirects=False, stream=True)
+        # the learner's server may answer without end, or a byte at a time: read a page's
+        # worth at most, for HTTP_TIME in all
+        content = read_bounded(response, READ_LIMIT, time.monotonic() + HTTP_TIME)
+    except TooMuch:
+        return [Finding(False, f"{Where} answers, but its page did not arrive within {HTTP_TIME:.0f} s.")]
     except requests.exceptions.ConnectionError as error:
         if "refused" in str(error).lower():
             return [Finding(False, f"Nothing answers on {where} yet: is the port published and a web server listening on it?")]
@@ -383,7 +391,7 @@ def http(ctx: Context, p: HttpParams) -> list[Finding]:
     findings = []
     if response.status_code != 200:
         return [Finding(False, f"{Where} answers {response.status_code} {response.reason}, not a page.")]
-    body = response.text[:READ_LIMIT]
+    body = content.decode(response.encoding or "utf-8", "replace")
     if p.server is not None:
         header = response.headers.get("Server", "")
         if p.server.lower() in header.lower():

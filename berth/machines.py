@@ -26,6 +26,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import IPAMConfig, IPAMPool, Mount
 
+from .bounded import bound_engine_client
 from .certs import CertificateAuthority
 from .config import Config
 from .images import Mirror
@@ -753,8 +754,10 @@ class DockerMachines(MachineBackend):
                 client = docker.DockerClient(base_url=f"https://{machine.address}:{ENGINE_PORT}",
                                              tls=tls, version="1.41", timeout=20)
                 # Environment settings (REQUESTS_CA_BUNDLE, proxies) must not replace the
-                # machine's CA or send its engine's traffic elsewhere.
+                # machine's CA or send its engine's traffic elsewhere; and the learner, root
+                # in the machine, controls that engine: no redirects, bounded answers.
                 client.api.trust_env = False
+                bound_engine_client(client)
                 self._engines[machine.container_id] = client
             return client
 
