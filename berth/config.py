@@ -75,6 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BERTH_SHELL_LINGER", "30m", "How long a shell lives on with no browser attached before it is ended.", parse_duration),
     Setting("BERTH_REAP_INTERVAL", "30s", "How often expired and idle sessions are ended and leftovers removed.", parse_duration),
     Setting("BERTH_CHECK_INTERVAL", "10s", "How often tasks are checked when nothing else prompts a check.", parse_duration),
+    Setting("BERTH_MIN_FREE_DISK", "5g", "New sessions are refused (503) while the engine's disk has less free; 0: no watermark.", parse_size),
+    Setting("BERTH_MIN_FREE_MEMORY", "2g", "New sessions are refused (503) while the host has less memory available; 0: no watermark.", parse_size),
     Setting("BERTH_UPLOAD_LIMIT", "1g", "Largest file a learner may upload into or copy between machines.", parse_size),
     Setting("BERTH_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING or ERROR.", str),
     Setting("BERTH_INSTRUCTOR_TOKEN", "", "Token of the instructor (workshops and their dashboard); empty: Berth makes one, keeps it in the data folder (instructor-token) and prints an instructor link at start-up.", str),
@@ -113,6 +115,8 @@ class Config:
     shell_linger: int = 1800
     reap_interval: int = 30
     check_interval: int = 10
+    min_free_disk: int = 5 * 1024**3
+    min_free_memory: int = 2 * 1024**3
     upload_limit: int = 1024**3
     log_level: str = "INFO"
     instructor_token: str = ""

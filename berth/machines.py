@@ -310,6 +310,10 @@ class MachineBackend(ABC):
         (None when not known) and "available" where the backend can tell."""
         return {"total": None}
 
+    def free_disk(self) -> int | None:
+        """Bytes free where machines keep their disks; None when the backend cannot tell."""
+        return None
+
 
 def _available_memory() -> int | None:
     try:
@@ -386,6 +390,18 @@ class DockerMachines(MachineBackend):
         if not host or host.startswith("unix://"):
             figures["available"] = _available_memory()
         return figures
+
+    def free_disk(self) -> int | None:
+        """Free space of the engine's data folder, when the engine runs on this host."""
+        host = os.environ.get("DOCKER_HOST", "")
+        if host and not host.startswith("unix://"):
+            return None
+        try:
+            root = self.host.info().get("DockerRootDir") or ""
+            found = os.statvfs(root)
+        except (MachineError, docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            return None  # an engine that does not answer, or its folder is not in sight
+        return found.f_bavail * found.f_frsize
 
     def missing_images(self, images: list[str]) -> list[str]:
         missing = []

@@ -68,6 +68,7 @@ class Sessions:
                     f"Berth is full: {self.config.max_sessions} sessions are running, the most "
                     "this server allows (BERTH_MAX_SESSIONS). Try again when one has ended.",
                 )
+            self._check_room()
             if client and limit and self.store.count_active_from(client) >= limit:
                 raise SessionError(
                     429, "too_many_sessions",
@@ -93,6 +94,22 @@ class Sessions:
         if wait:
             thread.join(READY_TIMEOUT + 10)
         return self.store.session(session_id), token  # type: ignore[return-value]
+
+    def _check_room(self) -> None:
+        """Refuse a new session while the host is low on disk or memory (BERTH_MIN_FREE_*):
+        a clear 503 now, rather than machines that break halfway through a lesson."""
+        disk, memory = self.backend.free_disk(), self.backend.memory().get("available")
+        need_disk, need_memory = self.config.min_free_disk, self.config.min_free_memory
+        if disk is not None and need_disk and disk < need_disk:
+            raise SessionError(503, "low_disk",
+                               f"The server is low on disk ({disk / 2**30:.1f} GiB free, Berth keeps "
+                               f"{need_disk / 2**30:.1f} GiB free: BERTH_MIN_FREE_DISK); no new session "
+                               "starts until space is freed. Tell whoever runs Berth.")
+        if memory is not None and need_memory and memory < need_memory:
+            raise SessionError(503, "low_memory",
+                               f"The server is low on memory ({memory / 2**30:.1f} GiB available, Berth "
+                               f"keeps {need_memory / 2**30:.1f} GiB: BERTH_MIN_FREE_MEMORY); no new session "
+                               "starts until some ends. Tell whoever runs Berth.")
 
     def _start_machines(self, session_id: str, names: list[str]) -> None:
         started = time.monotonic()

@@ -15,6 +15,7 @@ import requests
 
 from berth import create_app
 from berth.config import Config
+from berth.sessions import SessionError
 
 from .conftest import NAVIGATE, BerthServer, labelled, remove_instance
 
@@ -144,3 +145,17 @@ def test_one_address_cannot_fill_the_room(engine, tmp_path):
     finally:
         berth.stop()
         remove_instance(engine, berth.instance_id)
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("setting, code, says", [
+    ("min_free_disk", "low_disk", "low on disk"), ("min_free_memory", "low_memory", "low on memory")])
+def test_a_host_low_on_disk_or_memory_refuses_new_sessions_clearly(tmp_path, engine, setting, code, says):
+    """The watermark is set above what this host has (filling the host's disk for real would
+    endanger it): the free space Berth measures on the engine's host is below it."""
+    app = quiet_app(tmp_path, **{setting: "1000t"})
+    with pytest.raises(SessionError) as refused:
+        app.berth.sessions.create("docker-images")
+    assert refused.value.status == 503 and refused.value.code == code and says in refused.value.message
+    assert "BERTH_MIN_FREE_" in refused.value.message and app.berth.store.count_active() == 0
+    assert app.berth.backend.free_disk() > 0 and app.berth.backend.memory()["available"] > 0
