@@ -6,6 +6,7 @@ the Socket.IO namespaces (sockets) build on it."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import cast
 
 from flask import Flask, current_app, g, jsonify, render_template, request
@@ -130,6 +131,13 @@ def init_app(app: Flask) -> None:
     def _machine_error(error: MachineError):
         log.warning("%s: %s (%s)", request.path, error.message, error.detail)
         return error_response(error.status if error.status != 500 else 503, error.code, error.message)
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def _store_busy(error: sqlite3.OperationalError):
+        # another process held the progress store's lock past the store's 30 s wait
+        log.warning("%s: the progress store: %s", request.path, error)
+        return error_response(503, "store_busy", "Berth's progress store is busy (another program holds it); "
+                                                 "try again in a moment. Nothing was lost.")
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
