@@ -172,12 +172,12 @@ def start_session(slug: str):
     berth = current_berth()
     lesson = berth.library.get(slug)
     if berth.state != "ready":
-        return None, render_template("unavailable.html", lesson=lesson,
-                                     message=berth.problem or "Berth is still starting; this page reloads by itself."), 503
+        message = berth.problem or "Berth is still starting; this page reloads by itself."
+        return None, (render_template("unavailable.html", lesson=lesson, message=message), 503)
     try:
         record, token = berth.sessions.create(slug, client=request.remote_addr)
     except SessionError as error:
-        return None, render_template("unavailable.html", message=error.message, lesson=lesson), error.status
+        return None, (render_template("unavailable.html", message=error.message, lesson=lesson), error.status)
     return (record, token), None
 
 

@@ -88,6 +88,9 @@ def test_a_link_preview_or_another_site_starts_no_machines(tmp_path):
         assert page.status_code == 200 and "Start the lesson" in page.text, headers
         assert "Set-Cookie" not in page.headers and page.headers["Cache-Control"] == "no-store"
     assert app.berth.store.count_active() == 0
+    # the learner's own page load would start the lesson, but this Berth is still starting
+    waiting = client.get("/lessons/docker-images", headers=NAVIGATE)
+    assert waiting.status_code == 503 and "still starting" in waiting.text
     # the start button, pressed from another site's page
     refused = client.post("/lessons/docker-images/start", headers={"Origin": "https://elsewhere.example"})
     assert refused.status_code == 403 and app.berth.store.count_active() == 0
