@@ -225,3 +225,39 @@ def test_routed_networks_are_read_from_the_routing_table(tmp_path):
     )
     assert [str(n) for n in routed_networks(str(table))] == ["10.213.0.0/27"]
     assert routed_networks(str(tmp_path / "missing")) == []
+
+
+# --- one lock per key
+
+
+def test_keyed_locks_let_one_in_per_key_and_forget_keys_nobody_holds():
+    import threading
+    import time
+
+    from berth.locks import KeyedLocks
+
+    locks, inside, most, a_held = KeyedLocks(), [0], [0], threading.Event()
+
+    def one(key: str) -> None:
+        with locks.hold(key):
+            a_held.set()
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            time.sleep(0.1)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=one, args=("session-a",)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert a_held.wait(5)
+    with locks.hold("session-b"):  # another key goes on while session-a's holders take turns
+        assert len(locks) == 2
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1 and len(locks) == 0
+    try:
+        with locks.hold("session-c"):
+            raise ValueError("the holder failed")
+    except ValueError:
+        pass
+    assert len(locks) == 0
