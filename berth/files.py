@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, jsonify, request
+from humanize import naturalsize
 
 from .events import LearnerActivity
 from .machines import Archive, FileProblem, Machine
@@ -29,14 +30,6 @@ bp = Blueprint("files", __name__, url_prefix="/api/sessions/<session_id>/machine
 WORKDIR = "/root"  # the learner's working directory in a machine
 CHUNK = 256 * 1024
 NOT_WRITABLE = ("/proc", "/sys", "/dev")  # the kernel's, not files
-def human(size: int) -> str:
-    """1073741824 -> '1 GiB', 1536 -> '1.5 KiB'."""
-    value, unit = float(size), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
 
 
 # --- paths
@@ -237,8 +230,8 @@ def limit() -> int:
 
 
 def too_large(size: int) -> ApiError:
-    return ApiError(413, "too_large", f"The file is {human(size)}; files may be at most {human(limit())} "
-                    "(BERTH_UPLOAD_LIMIT).")
+    return ApiError(413, "too_large", f"The file is {naturalsize(size, binary=True)}; files may be at most "
+                    f"{naturalsize(limit(), binary=True)} (BERTH_UPLOAD_LIMIT).")
 
 
 # --- the API
@@ -273,7 +266,7 @@ def upload(session_id: str, machine_name: str):
             yield chunk
     write_file(machine, path, size, chunks())
     current_berth().bus.publish(LearnerActivity(record.id, machine.name, "files"))
-    log.info("session %s: %s into %s:%s", record.id, human(size), machine.name, path)
+    log.info("session %s: %s into %s:%s", record.id, naturalsize(size, binary=True), machine.name, path)
     return jsonify(machine=machine.name, path=path, size=size), 201
 
 
@@ -340,7 +333,7 @@ def copy(session_id: str, machine_name: str):
         raise too_large(size)
     write_file(target_machine, path, size, chunks)
     current_berth().bus.publish(LearnerActivity(record.id, target_machine.name, "files"))
-    log.info("session %s: %s from %s:%s to %s:%s", record.id, human(size), source_machine.name, source.path,
+    log.info("session %s: %s from %s:%s to %s:%s", record.id, naturalsize(size, binary=True), source_machine.name, source.path,
              target_machine.name, path)
     return jsonify(machine=target_machine.name, path=path, size=size, **{"from": {
         "machine": source_machine.name, "path": source.path}}), 201
