@@ -14,14 +14,16 @@ import secrets
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from humanize import naturalsize
+from pydantic import Field
 
 from .events import LearnerActivity
 from .machines import Archive, FileProblem, Machine
-from .web import ApiError, authenticated, current_berth
+from .web import ApiError, Body, authenticated, current_berth, json_body
 
 log = logging.getLogger(__name__)
 
@@ -298,22 +300,21 @@ def download(session_id: str, machine_name: str):
     return response
 
 
+class Sending(Body):
+    not_an_object = 'Send a JSON object such as {"path": "/root/image.tar", "to": "colleague"}.'
+    path: Any = None  # machine_path says what is wrong with it (bad_path)
+    to: str = Field(min_length=1, description='The field "to" (the machine to send the file to) is required.')
+    to_path: str | None = Field(None, description='The field "to_path" must be a path.')
+
+
 @bp.post("/copy")
 def copy(session_id: str, machine_name: str):
     """Send a file to another machine of the session: {"path", "to", "to_path"?}."""
     record = authenticated(session_id)
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", 'Send a JSON object such as {"path": "/root/image.tar", "to": "colleague"}.')
-    to = body.get("to")
-    if not isinstance(to, str) or not to:
-        raise ApiError(400, "bad_request", 'The field "to" (the machine to send the file to) is required.')
-    to_path = body.get("to_path")
-    if to_path is not None and not isinstance(to_path, str):
-        raise ApiError(400, "bad_request", 'The field "to_path" must be a path.')
+    body = json_body(Sending)
     source_machine = current_berth().sessions.machine(record.id, machine_name)
-    target_machine = current_berth().sessions.machine(record.id, to)
-    source = Source(source_machine, machine_path(body.get("path")))
+    target_machine = current_berth().sessions.machine(record.id, body.to)
+    source = Source(source_machine, machine_path(body.path))
     if not source.is_file:
         source.close()
         kind = "a directory" if source.is_directory else "not a regular file"
@@ -323,7 +324,7 @@ def copy(session_id: str, machine_name: str):
         source.close()
         raise too_large(source.size)
     try:
-        path = destination(target_machine, to_path, source.name)
+        path = destination(target_machine, body.to_path, source.name)
     except ApiError:
         source.close()
         raise

@@ -261,3 +261,25 @@ def test_keyed_locks_let_one_in_per_key_and_forget_keys_nobody_holds():
     except ValueError:
         pass
     assert len(locks) == 0
+
+
+# --- request bodies
+
+
+def test_a_request_body_that_does_not_fit_names_the_field():
+    import pytest
+
+    from berth.instructor import NewWorkshop
+    from berth.views import NewSession
+    from berth.web import ApiError, validated
+
+    for data, field in (({}, '"lesson"'), ({"lesson": 7}, '"lesson"'), ({"lesson": "x", "wait": "yes"}, '"wait"'),
+                        ({"lesson": "x", "seats": True}, '"seats"'), ({"lesson": "x", "seats": 2.0}, '"seats"'),
+                        ({"lesson": "x", "expires_in": "forever"}, '"expires_in"')):
+        model = NewWorkshop if "seats" in data or "expires_in" in data else NewSession
+        with pytest.raises(ApiError) as refused:
+            validated(model, data)
+        assert (refused.value.status, refused.value.code) == (400, "bad_request") and field in refused.value.message
+    assert validated(NewSession, {"lesson": "docker-images", "colour": "blue"}).wait is False  # others ignored
+    workshop = validated(NewWorkshop, {"lesson": "docker-images", "seats": "12", "expires_in": "90m", "title": None})
+    assert (workshop.seats, workshop.expires_in, workshop.title) == (12, 5400, None)
