@@ -20,6 +20,7 @@ import requests
 import requests.exceptions
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .locks import KeyedLocks
 from .machines import ExecResult, Machine, MachineError
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Context:
         self.session_cache = session_cache if session_cache is not None else {}
         self.own_execs = own_execs if own_execs is not None else set()
         self._memo: dict[Any, Any] = {}
-        self._locks: dict[Any, threading.Lock] = {}
+        self._making = KeyedLocks()
         self._lock = threading.Lock()
         self.http = requests.Session()
         self.http.trust_env = False  # never through a proxy: the machine is on Berth's own network
@@ -91,8 +92,7 @@ class Context:
         with self._lock:
             if key in self._memo:
                 return self._memo[key]
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._making.hold(key):
             with self._lock:
                 if key in self._memo:
                     return self._memo[key]

@@ -1,22 +1,33 @@
-"""Berth's one configuration surface: BERTH_* environment variables, each with a default
-and help text in one place (the README's table is checked against this list)."""
+"""Berth's one configuration surface: BERTH_* environment variables. Each setting is declared
+once, in `Config`, with its type, default and help; pydantic-settings reads it from the
+environment, and the README's table is checked against the same declarations."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+PREFIX = "BERTH_"
 
 
 class ConfigError(ValueError):
     """A BERTH_* variable holds a value Berth cannot use."""
 
+
+# --- the kinds of value a setting takes, written as an operator would
 
 def parse_size(text: str) -> int:
     """'512m', '10G', '1048576' -> bytes."""
@@ -37,122 +48,163 @@ def parse_duration(text: str) -> int:
 
 
 def parse_list(text: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c')."""
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
+
+def _text_or(parse):
+    """Parse text; a value already parsed (a default, a test's override) passes as it is."""
+    return lambda value: parse(value) if isinstance(value, str) else value
+
+
+def _network(text: str) -> str:
+    ipaddress.ip_network(text)  # ValueError says what is wrong with it
+    return text
+
+
+def _networks(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_network(item) for item in items)
+
+
+def _size_or_empty(text: str) -> str:
+    if text:
+        parse_size(text)
+    return text
+
+
+def _project_path(path: Path) -> Path:
+    return (PROJECT_DIR / path).resolve()
+
+
+def _web_address(text: str) -> str:
+    parts = urlsplit(text)
+    if text and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ValueError("not an http:// or https:// address")
+    return text
+
+
+def _no_wildcard(origins: tuple[str, ...]) -> tuple[str, ...]:
+    if "*" in origins:
+        raise ValueError("may not contain '*': name each origin")
+    return origins
+
+
+Size = Annotated[int, BeforeValidator(_text_or(parse_size))]
+Duration = Annotated[int, BeforeValidator(_text_or(parse_duration))]
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_text_or(parse_list))]
+Network = Annotated[str, AfterValidator(_network)]
+Networks = Annotated[CommaList, AfterValidator(_networks)]
+Origins = Annotated[CommaList, AfterValidator(_no_wildcard)]
+ProjectPath = Annotated[Path, AfterValidator(_project_path)]
+WebAddress = Annotated[str, AfterValidator(_web_address)]
+OptionalSize = Annotated[str, AfterValidator(_size_or_empty)]  # kept as text: the machine's disk tool reads it
+
+
+def setting(default: Any, help: str) -> Any:
+    """One setting's default (as the operator would write it) and help."""
+    return Field(default, description=help, validate_default=True)
+
+
+# --- where the values come from
+
+_environ: ContextVar[Mapping[str, str] | None] = ContextVar("berth_environ", default=None)
+
+
+class Environment(EnvSettingsSource):
+    """The process's environment, or the mapping given to Config.from_env (tests, the
+    self-test), read the same way."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _environ.get()
+        return parse_env_vars(os.environ if environ is None else environ, self.case_sensitive,
+                              self.env_ignore_empty, self.env_parse_none_str)
+
+
+class Config(BaseSettings):
+    """Typed settings; build with Config.from_env(). A field `port` is the variable BERTH_PORT."""
+
+    model_config = SettingsConfigDict(
+        alias_generator=lambda name: PREFIX + name.upper(), case_sensitive=True, enable_decoding=False,
+        extra="ignore", frozen=True,
+    )
+
+    host: str = setting("127.0.0.1", "Address the web server listens on; 0.0.0.0 for a classroom server.")
+    port: int = setting(5000, "Port the web server listens on.")
+    public_url: WebAddress = setting("", "The address learners open, e.g. https://berth.school.example, when it is a name (not localhost or an IP address): Berth answers only to localhost, IP addresses and this name (against DNS rebinding), and takes its origin as its own.")
+    data_dir: ProjectPath = setting("instance", "Where the progress store (SQLite), keys and certificates live; relative to the project folder.")
+    lessons_dir: ProjectPath = setting("lessons", "Folder of lessons, one sub-folder each; relative to the project folder.")
+    base_image: str = setting("ubuntu:latest", "The base image lessons use (what the learner runs). `./run` sets debian:bookworm when no registry answers.")
+    machines: str = setting("docker", "The machines backend: docker (machines are containers on DOCKER_HOST's engine), or module:Class of another (docs/architecture.md).")
+    machine_image: str = setting("berth-machine:latest", "Image of a learner machine (built from machine/ by `./run`).")
+    mirror_image: str = setting("berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.")
+    max_sessions: int = setting(20, "Most sessions at once; more are refused with 503 until one ends.")
+    sessions_per_client: int = setting(6, "Most sessions started from one client address at once (a learner's lessons), answered 429 beyond; workshop seats do not count; 0: no limit. Behind a shared address (a school's NAT) raise it, or use workshops.")
+    session_ttl: Duration = setting("4h", "A session ends this long after it started.")
+    session_idle: Duration = setting("1h", "A session ends after this long without the learner's browser or API calls.")
+    machine_memory: Size = setting("1g", "Memory limit of one machine, its containers included.")
+    machine_cpus: float = setting(1.0, "CPUs one machine may use.")
+    machine_pids: int = setting(1024, "Most processes in one machine, its containers included.")
+    machine_disk: OptionalSize = setting("10g", "Most disk one machine may use: its files, uploads and its engine's images and containers together; empty: unbounded.")
+    isolation: str = setting("", "How machines are kept from the host: `userns` (root in a machine is not root on the host), `sysbox`, or `trusted` (root in a machine can reach the host: only for a single-user laptop); empty: sysbox where the engine has it, else userns. See [docs/security.md](docs/security.md).")
+    machine_runtime: str = setting("", "OCI runtime for machines, e.g. sysbox-runc; empty: the engine's default (sysbox-runc when the engine has it).")
+    network_pool: Network = setting("10.213.0.0/16", "Address range for sessions' private networks (a /27 each).")
+    allowed_networks: Networks = setting("", "Private address ranges machines may reach, comma-separated (e.g. a site's package cache); by default they reach their own session, the mirror and public addresses only.")
+    allowed_origins: Origins = setting("", "Origins besides Berth's own that may open terminals and call the API with the cookie, comma-separated (never *).")
+    shells_per_machine: int = setting(4, "Most terminal shells open at once in one machine.")
+    shell_linger: Duration = setting("30m", "How long a shell lives on with no browser attached before it is ended.")
+    reap_interval: Duration = setting("30s", "How often expired and idle sessions are ended and leftovers removed.")
+    check_interval: Duration = setting("10s", "How often tasks are checked when nothing else prompts a check.")
+    min_free_disk: Size = setting("5g", "New sessions are refused (503) while the engine's disk has less free; 0: no watermark.")
+    min_free_memory: Size = setting("2g", "New sessions are refused (503) while the host has less memory available; 0: no watermark.")
+    upload_limit: Size = setting("1g", "Largest file a learner may upload into or copy between machines.")
+    log_level: str = setting("INFO", "Log level: DEBUG, INFO, WARNING or ERROR.")
+    instructor_token: str = setting("", "Token of the instructor (workshops and their dashboard); empty: Berth makes one, keeps it in the data folder (`instructor-token`) and prints an instructor link at start-up.")
+    stuck_after: Duration = setting("10m", "A workshop learner counts as stuck after this long without progress (a task done, or a change in what its checks say).")
+    stuck_tries: int = setting(6, "A workshop learner counts as stuck when the same checks have failed through this many commands in a row.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (Environment(settings_cls),)  # the environment alone: no .env or secrets files
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Settings from `environ` (os.environ by default); `overrides` (by field name) win.
+        A value Berth cannot use raises ConfigError naming the variable."""
+        token = _environ.set(environ)
+        try:
+            config = cls()
+        except ValidationError as error:
+            raise ConfigError(_explain(error, os.environ if environ is None else environ)) from None
+        except SettingsError as error:
+            raise ConfigError(str(error)) from None
+        finally:
+            _environ.reset(token)
+        return config.model_copy(update=overrides) if overrides else config
+
+
+def _explain(error: ValidationError, environ: Mapping[str, str]) -> str:
+    """One line, each bad variable with its value and why: `BERTH_PORT='x': Input should be ...`."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        name = str(problem["loc"][0]) if problem["loc"] else "BERTH_*"
+        message = problem["msg"].removeprefix("Value error, ")
+        raw = environ.get(name)
+        lines.append(f"{name}={raw!r}: {message}" if raw is not None else f"{name}: {message}")
+    return "; ".join(lines)
+
+
+# --- the settings as the README's table shows them
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    default: str
+    default: str  # as written in the table: '' for an empty default
     help: str
-    parse: Callable[[str], object] = str
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("BERTH_HOST", "127.0.0.1", "Address the web server listens on; 0.0.0.0 for a classroom server."),
-    Setting("BERTH_PORT", "5000", "Port the web server listens on.", int),
-    Setting("BERTH_PUBLIC_URL", "", "The address learners open, e.g. https://berth.school.example, when it is a name (not localhost or an IP address): Berth answers only to localhost, IP addresses and this name (against DNS rebinding), and takes its origin as its own.", str),
-    Setting("BERTH_DATA_DIR", "instance", "Where the progress store (SQLite), keys and certificates live; relative to the project folder.", str),
-    Setting("BERTH_LESSONS_DIR", "lessons", "Folder of lessons, one sub-folder each; relative to the project folder.", str),
-    Setting("BERTH_BASE_IMAGE", "ubuntu:latest", "The base image lessons use (what the learner runs). `./run` sets debian:bookworm when no registry answers.", str),
-    Setting("BERTH_MACHINES", "docker", "The machines backend: docker (machines are containers on DOCKER_HOST's engine), or module:Class of another (docs/architecture.md).", str),
-    Setting("BERTH_MACHINE_IMAGE", "berth-machine:latest", "Image of a learner machine (built from machine/ by `./run`).", str),
-    Setting("BERTH_MIRROR_IMAGE", "berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.", str),
-    Setting("BERTH_MAX_SESSIONS", "20", "Most sessions at once; more are refused with 503 until one ends.", int),
-    Setting("BERTH_SESSIONS_PER_CLIENT", "6", "Most sessions started from one client address at once (a learner's lessons), answered 429 beyond; workshop seats do not count; 0: no limit. Behind a shared address (a school's NAT) raise it, or use workshops.", int),
-    Setting("BERTH_SESSION_TTL", "4h", "A session ends this long after it started.", parse_duration),
-    Setting("BERTH_SESSION_IDLE", "1h", "A session ends after this long without the learner's browser or API calls.", parse_duration),
-    Setting("BERTH_MACHINE_MEMORY", "1g", "Memory limit of one machine, its containers included.", parse_size),
-    Setting("BERTH_MACHINE_CPUS", "1.0", "CPUs one machine may use.", float),
-    Setting("BERTH_MACHINE_PIDS", "1024", "Most processes in one machine, its containers included.", int),
-    Setting("BERTH_MACHINE_DISK", "10g", "Most disk one machine may use: its files, uploads and its engine's images and containers together; empty: unbounded.", str),
-    Setting("BERTH_ISOLATION", "", "How machines are kept from the host: userns (root in a machine is not root on the host), sysbox, or trusted (root in a machine can reach the host: only for a single-user laptop); empty: sysbox where the engine has it, else userns.", str),
-    Setting("BERTH_MACHINE_RUNTIME", "", "OCI runtime for machines, e.g. sysbox-runc; empty: the engine's default (sysbox-runc when the engine has it).", str),
-    Setting("BERTH_NETWORK_POOL", "10.213.0.0/16", "Address range for sessions' private networks (a /27 each).", str),
-    Setting("BERTH_ALLOWED_NETWORKS", "", "Private address ranges machines may reach, comma-separated (e.g. a site's package cache); by default they reach their own session, the mirror and public addresses only.", parse_list),
-    Setting("BERTH_ALLOWED_ORIGINS", "", "Origins besides Berth's own that may open terminals and call the API with the cookie, comma-separated (never *).", parse_list),
-    Setting("BERTH_SHELLS_PER_MACHINE", "4", "Most terminal shells open at once in one machine.", int),
-    Setting("BERTH_SHELL_LINGER", "30m", "How long a shell lives on with no browser attached before it is ended.", parse_duration),
-    Setting("BERTH_REAP_INTERVAL", "30s", "How often expired and idle sessions are ended and leftovers removed.", parse_duration),
-    Setting("BERTH_CHECK_INTERVAL", "10s", "How often tasks are checked when nothing else prompts a check.", parse_duration),
-    Setting("BERTH_MIN_FREE_DISK", "5g", "New sessions are refused (503) while the engine's disk has less free; 0: no watermark.", parse_size),
-    Setting("BERTH_MIN_FREE_MEMORY", "2g", "New sessions are refused (503) while the host has less memory available; 0: no watermark.", parse_size),
-    Setting("BERTH_UPLOAD_LIMIT", "1g", "Largest file a learner may upload into or copy between machines.", parse_size),
-    Setting("BERTH_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING or ERROR.", str),
-    Setting("BERTH_INSTRUCTOR_TOKEN", "", "Token of the instructor (workshops and their dashboard); empty: Berth makes one, keeps it in the data folder (instructor-token) and prints an instructor link at start-up.", str),
-    Setting("BERTH_STUCK_AFTER", "10m", "A workshop learner counts as stuck after this long without progress (a task done, or a change in what its checks say).", parse_duration),
-    Setting("BERTH_STUCK_TRIES", "6", "A workshop learner counts as stuck when the same checks have failed through this many commands in a row.", int),
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(str(field.alias), "" if field.default in ("", None) else str(field.default), str(field.description))
+    for field in Config.model_fields.values()
 )
-
-
-@dataclass(frozen=True)
-class Config:
-    """Typed settings; build with Config.from_env()."""
-
-    host: str = "127.0.0.1"
-    port: int = 5000
-    public_url: str = ""
-    data_dir: Path = PROJECT_DIR / "instance"
-    lessons_dir: Path = PROJECT_DIR / "lessons"
-    base_image: str = "ubuntu:latest"
-    machines: str = "docker"
-    machine_image: str = "berth-machine:latest"
-    mirror_image: str = "berth-mirror:latest"
-    max_sessions: int = 20
-    sessions_per_client: int = 6
-    session_ttl: int = 4 * 3600
-    session_idle: int = 3600
-    machine_memory: int = 1024**3
-    machine_cpus: float = 1.0
-    machine_pids: int = 1024
-    machine_disk: str = "10g"
-    isolation: str = ""
-    machine_runtime: str = ""
-    network_pool: str = "10.213.0.0/16"
-    allowed_networks: tuple[str, ...] = ()
-    allowed_origins: tuple[str, ...] = ()
-    shells_per_machine: int = 4
-    shell_linger: int = 1800
-    reap_interval: int = 30
-    check_interval: int = 10
-    min_free_disk: int = 5 * 1024**3
-    min_free_memory: int = 2 * 1024**3
-    upload_limit: int = 1024**3
-    log_level: str = "INFO"
-    instructor_token: str = ""
-    stuck_after: int = 600
-    stuck_tries: int = 6
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:
-        environ = dict(os.environ if environ is None else environ)
-        values: dict[str, object] = {}
-        for setting in SETTINGS:
-            raw = environ.get(setting.name, setting.default)
-            try:
-                value = setting.parse(raw)
-            except ValueError as error:
-                raise ConfigError(f"{setting.name}={raw!r}: {error}") from None
-            key = setting.name.removeprefix("BERTH_").lower()
-            if key in ("data_dir", "lessons_dir"):
-                value = (PROJECT_DIR / str(value)).resolve()
-            values[key] = value
-        if values["machine_disk"]:
-            try:
-                parse_size(str(values["machine_disk"]))
-            except ValueError as error:
-                raise ConfigError(f"BERTH_MACHINE_DISK: {error}") from None
-        for key, name in (("network_pool", "BERTH_NETWORK_POOL"), ("allowed_networks", "BERTH_ALLOWED_NETWORKS")):
-            raw = values[key]
-            for network in (raw,) if isinstance(raw, str) else raw:  # type: ignore[union-attr]
-                try:
-                    ipaddress.ip_network(network)
-                except ValueError as error:
-                    raise ConfigError(f"{name}: {error}") from None
-        public = urlsplit(str(values["public_url"]))
-        if values["public_url"] and (public.scheme not in ("http", "https") or not public.hostname):
-            raise ConfigError(f"BERTH_PUBLIC_URL={values['public_url']!r}: not an http:// or https:// address")
-        if "*" in values["allowed_origins"]:  # type: ignore[operator]
-            raise ConfigError("BERTH_ALLOWED_ORIGINS may not contain '*': name each origin")
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]

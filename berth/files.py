@@ -14,13 +14,16 @@ import secrets
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, jsonify, request
+from humanize import naturalsize
+from pydantic import Field
 
 from .events import LearnerActivity
 from .machines import Archive, FileProblem, Machine
-from .web import ApiError, authenticated, current_berth
+from .web import ApiError, Body, authenticated, current_berth, json_body
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +32,6 @@ bp = Blueprint("files", __name__, url_prefix="/api/sessions/<session_id>/machine
 WORKDIR = "/root"  # the learner's working directory in a machine
 CHUNK = 256 * 1024
 NOT_WRITABLE = ("/proc", "/sys", "/dev")  # the kernel's, not files
-def human(size: int) -> str:
-    """1073741824 -> '1 GiB', 1536 -> '1.5 KiB'."""
-    value, unit = float(size), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
 
 
 # --- paths
@@ -237,8 +232,8 @@ def limit() -> int:
 
 
 def too_large(size: int) -> ApiError:
-    return ApiError(413, "too_large", f"The file is {human(size)}; files may be at most {human(limit())} "
-                    "(BERTH_UPLOAD_LIMIT).")
+    return ApiError(413, "too_large", f"The file is {naturalsize(size, binary=True)}; files may be at most "
+                    f"{naturalsize(limit(), binary=True)} (BERTH_UPLOAD_LIMIT).")
 
 
 # --- the API
@@ -273,7 +268,7 @@ def upload(session_id: str, machine_name: str):
             yield chunk
     write_file(machine, path, size, chunks())
     current_berth().bus.publish(LearnerActivity(record.id, machine.name, "files"))
-    log.info("session %s: %s into %s:%s", record.id, human(size), machine.name, path)
+    log.info("session %s: %s into %s:%s", record.id, naturalsize(size, binary=True), machine.name, path)
     return jsonify(machine=machine.name, path=path, size=size), 201
 
 
@@ -305,22 +300,21 @@ def download(session_id: str, machine_name: str):
     return response
 
 
+class Sending(Body):
+    not_an_object = 'Send a JSON object such as {"path": "/root/image.tar", "to": "colleague"}.'
+    path: Any = None  # machine_path says what is wrong with it (bad_path)
+    to: str = Field(min_length=1, description='The field "to" (the machine to send the file to) is required.')
+    to_path: str | None = Field(None, description='The field "to_path" must be a path.')
+
+
 @bp.post("/copy")
 def copy(session_id: str, machine_name: str):
     """Send a file to another machine of the session: {"path", "to", "to_path"?}."""
     record = authenticated(session_id)
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", 'Send a JSON object such as {"path": "/root/image.tar", "to": "colleague"}.')
-    to = body.get("to")
-    if not isinstance(to, str) or not to:
-        raise ApiError(400, "bad_request", 'The field "to" (the machine to send the file to) is required.')
-    to_path = body.get("to_path")
-    if to_path is not None and not isinstance(to_path, str):
-        raise ApiError(400, "bad_request", 'The field "to_path" must be a path.')
+    body = json_body(Sending)
     source_machine = current_berth().sessions.machine(record.id, machine_name)
-    target_machine = current_berth().sessions.machine(record.id, to)
-    source = Source(source_machine, machine_path(body.get("path")))
+    target_machine = current_berth().sessions.machine(record.id, body.to)
+    source = Source(source_machine, machine_path(body.path))
     if not source.is_file:
         source.close()
         kind = "a directory" if source.is_directory else "not a regular file"
@@ -330,7 +324,7 @@ def copy(session_id: str, machine_name: str):
         source.close()
         raise too_large(source.size)
     try:
-        path = destination(target_machine, to_path, source.name)
+        path = destination(target_machine, body.to_path, source.name)
     except ApiError:
         source.close()
         raise
@@ -340,7 +334,7 @@ def copy(session_id: str, machine_name: str):
         raise too_large(size)
     write_file(target_machine, path, size, chunks)
     current_berth().bus.publish(LearnerActivity(record.id, target_machine.name, "files"))
-    log.info("session %s: %s from %s:%s to %s:%s", record.id, human(size), source_machine.name, source.path,
+    log.info("session %s: %s from %s:%s to %s:%s", record.id, naturalsize(size, binary=True), source_machine.name, source.path,
              target_machine.name, path)
     return jsonify(machine=target_machine.name, path=path, size=size, **{"from": {
         "machine": source_machine.name, "path": source.path}}), 201

@@ -9,22 +9,27 @@ import csv
 import io
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, Flask, Response, abort, jsonify, redirect, render_template, request, url_for
+from pydantic import BeforeValidator, Field, model_validator
 
 from .config import parse_duration
 from .sessions import SessionError
 from .views import cookie_session, session_json
 from .web import (
     INSTRUCTOR_COOKIE,
+    Body,
     authenticated,
     cookie_name,
     current_berth,
     ensure_ready,
     instructor_token,
     is_instructor,
+    json_body,
+    json_object,
     require_instructor,
+    validated,
 )
 from .workshops import (
     DEFAULT_DURATION,
@@ -61,41 +66,57 @@ def _find_to_join(code: str):
         raise
 
 
-# --- the workshop API
+# --- the workshop API: its request bodies
 
-def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise WorkshopError(400, "bad_request", "Send a JSON object.")
-    return body
-
-
-def _number(body: dict, key: str, default: int, low: int, high: int, what: str) -> int:
-    value = body.get(key)
-    if value is None:
-        return default
+def _whole_number(value: object) -> object:
+    """12 or "12"; never true, 12.0 or "twelve"."""
     if isinstance(value, str):
-        try:
-            value = parse_duration(value) if key == "expires_in" else int(value)
-        except ValueError:
-            raise WorkshopError(400, "bad_request", f'"{key}" must be {what}.') from None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise WorkshopError(400, "bad_request", f'"{key}" must be {what}.')
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("not a whole number")
     return value
 
+
+def _seconds(value: object) -> object:
+    """5400 or a duration such as "90m"."""
+    return parse_duration(value) if isinstance(value, str) else _whole_number(value)
+
+
+class NewWorkshop(Body):
+    lesson: str = Field(min_length=1, description='The field "lesson" (a lesson slug) is required.')
+    title: str | None = Field(None, description='The field "title" must be text.')
+    seats: Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=MOST_SEATS)] = Field(
+        DEFAULT_SEATS, description=f'"seats" must be a whole number from 1 to {MOST_SEATS}.')
+    expires_in: Annotated[int, BeforeValidator(_seconds), Field(ge=60, le=LONGEST_DURATION)] = Field(
+        DEFAULT_DURATION, description='"expires_in" must be seconds (or a duration such as 90m) from 1 minute to 7 days.')
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
+
+
+class Broadcast(Body):
+    message: str = Field(description='The field "message" must be text.')
+
+
+class Joining(Body):
+    name: str = Field(description='The field "name" (the learner\'s name, as text) is required.')
+
+
+class Hand(Body):
+    not_an_object = 'Send a JSON object such as {"message": "..."} (or nothing).'
+    message: str | None = Field(None, description='The field "message" must be text.')
+
+
+# --- the workshop API
 
 @api.post("/workshops")
 def create_workshop():
     require_instructor()
-    body = _body()
-    lesson = body.get("lesson")
-    if not isinstance(lesson, str) or not lesson:
-        raise WorkshopError(400, "bad_request", 'The field "lesson" (a lesson slug) is required.')
-    title = clean_text(body.get("title"), "title", TITLE_LIMIT, required=False)
-    seats = _number(body, "seats", DEFAULT_SEATS, 1, MOST_SEATS, f"a whole number from 1 to {MOST_SEATS}")
-    expires_in = _number(body, "expires_in", DEFAULT_DURATION, 60, LONGEST_DURATION,
-                         "seconds (or a duration such as 90m) from 1 minute to 7 days")
-    record = workshops().create(lesson, title, seats, expires_in)
+    body = json_body(NewWorkshop)
+    title = clean_text(body.title, "title", TITLE_LIMIT, required=False)
+    record = workshops().create(body.lesson, title, body.seats, body.expires_in)
     data = workshops().summary_json(record)
     data["join_url"] = request.host_url.rstrip("/") + data["join_url"]
     response = jsonify(data)
@@ -139,7 +160,9 @@ def _no_formula(cell: str) -> str:
 @api.post("/workshops/<workshop_id>/broadcast")
 def broadcast(workshop_id: str):
     require_instructor()
-    reached = workshops().broadcast(workshop_id, _body().get("message"))
+    data = json_object(Broadcast)
+    workshops().get(workshop_id)  # an unknown workshop is told before the message is looked at
+    reached = workshops().broadcast(workshop_id, validated(Broadcast, data).message)
     return jsonify(reached=reached)
 
 
@@ -169,12 +192,11 @@ def get_capacity():
 
 @api.post("/workshops/<code>/join")
 def join(code: str):
-    body = _body()
-    workshop = _find_to_join(code)
-    if "name" not in body:
-        raise WorkshopError(400, "bad_request", 'The field "name" is required.')
+    data = json_object(Joining)
+    workshop = _find_to_join(code)  # an unknown code is told (and counted) before the name is looked at
+    name = validated(Joining, data).name
     ensure_ready()
-    workshop, record, token = workshops().join(workshop.code, body.get("name"))
+    workshop, record, token = workshops().join(workshop.code, name)
     data = session_json(record, token)
     data["workshop"] = {"id": workshop.id, "code": workshop.code, "title": workshop.title}
     response = jsonify(data)
@@ -186,10 +208,8 @@ def join(code: str):
 @api.post("/sessions/<session_id>/help")
 def raise_hand(session_id: str):
     record = authenticated(session_id)
-    body = request.get_json(silent=True) if request.content_length else {}
-    if not isinstance(body, dict):
-        raise WorkshopError(400, "bad_request", 'Send a JSON object such as {"message": "..."} (or nothing).')
-    return jsonify(help=workshops().raise_hand(record.id, body.get("message"))), 201
+    body = json_body(Hand, optional=True)
+    return jsonify(help=workshops().raise_hand(record.id, body.message)), 201
 
 
 @api.delete("/sessions/<session_id>/help")

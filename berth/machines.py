@@ -32,6 +32,7 @@ from .config import Config
 from .images import Mirror
 from .isolation import Isolation, IsolationError, egress_rules
 from .isolation import choose as choose_isolation
+from .locks import KeyedLocks
 from .ports import PublishedPort, list_published
 
 log = logging.getLogger(__name__)
@@ -344,8 +345,7 @@ class DockerMachines(MachineBackend):
         self._network_lock = threading.Lock()
         self._engines: dict[str, docker.DockerClient] = {}
         self._engines_lock = threading.Lock()
-        self._removing: dict[str, list] = {}  # session: [lock, users]; one remover at a time
-        self._removing_lock = threading.Lock()
+        self._removing = KeyedLocks()  # one remover of a session at a time
         self._profile: Isolation | None = None
         self.mirror: Mirror | None = None
         self.mirror_container: str | None = None  # the mirror's, once it runs
@@ -675,17 +675,8 @@ class DockerMachines(MachineBackend):
         # Two removers at once (an API delete and the reaper) would each see the other's
         # "removal already in progress" and return early with the disk and network left;
         # the second waits for the first instead, and returns when all is gone.
-        with self._removing_lock:
-            entry = self._removing.setdefault(session_id, [threading.Lock(), 0])
-            entry[1] += 1
-        try:
-            with entry[0]:
-                self._destroy_session(session_id)
-        finally:
-            with self._removing_lock:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._removing[session_id]
+        with self._removing.hold(session_id):
+            self._destroy_session(session_id)
 
     def _destroy_session(self, session_id: str) -> None:
         host = self.host

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from .config import Config
 from .events import Bus, LearnerActivity, TerminalClosed, TerminalOpened
+from .locks import KeyedLocks
 from .machines import Machine, MachineBackend, MachineError, Stream
 from .sessions import Sessions
 
@@ -356,7 +357,7 @@ class Terminals:
         self.shells: dict[tuple[str, str, str], Shell] = {}
         self._by_sid: dict[str, Shell] = {}
         self._lock = threading.Lock()
-        self._opening: dict[tuple[str, str, str], threading.Lock] = {}
+        self._opening = KeyedLocks()  # one opener per shell
         self._events: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._pending: set[tuple[str, str, str]] = set()
         self._stop = threading.Event()
@@ -387,9 +388,7 @@ class Terminals:
         (`watch`: the instructor) sees it at the learner's size; its input is never taken."""
         machine = self.sessions.machine(session_id, machine_name)  # SessionError if not there or not ready
         key = (session_id, machine_name, name)
-        with self._lock:
-            opening = self._opening.setdefault(key, threading.Lock())
-        with opening:
+        with self._opening.hold(key):
             with self._lock:
                 shell = self.shells.get(key)
                 if shell is not None and shell.closed:

@@ -7,11 +7,12 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Flask, abort, jsonify, make_response, redirect, render_template, request, url_for
+from pydantic import Field
 
 from .machines import EngineUnavailable
 from .sessions import SessionError
 from .store import SessionRecord, iso
-from .web import ApiError, authenticated, cookie_name, current_berth, ensure_ready, is_instructor
+from .web import ApiError, Body, authenticated, cookie_name, current_berth, ensure_ready, is_instructor, json_body
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +51,19 @@ def lessons():
                    errors=[{"lesson": slug, "message": message} for slug, message in library.errors.items()])
 
 
+class NewSession(Body):
+    not_an_object = 'Send a JSON object such as {"lesson": "docker-images"}.'
+    lesson: str = Field(min_length=1, description='The field "lesson" (a lesson slug) is required.')
+    wait: bool = Field(False, description='The field "wait" must be true or false.')
+
+
 @api.post("/sessions")
 def create_session():
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", 'Send a JSON object such as {"lesson": "docker-images"}.')
-    slug = body.get("lesson")
-    if not isinstance(slug, str) or not slug:
-        raise ApiError(400, "bad_request", 'The field "lesson" (a lesson slug) is required.')
-    wait = body.get("wait", False)
-    if not isinstance(wait, bool):
-        raise ApiError(400, "bad_request", 'The field "wait" must be true or false.')
-    if current_berth().library.get(slug) is None:
-        raise ApiError(404, "unknown_lesson", f"There is no lesson {slug!r}.")
+    body = json_body(NewSession)
+    if current_berth().library.get(body.lesson) is None:
+        raise ApiError(404, "unknown_lesson", f"There is no lesson {body.lesson!r}.")
     ensure_ready()
-    record, token = current_berth().sessions.create(slug, wait=wait, client=request.remote_addr)
+    record, token = current_berth().sessions.create(body.lesson, wait=body.wait, client=request.remote_addr)
     response = jsonify(session_json(record, token))
     response.status_code = 201
     response.headers["Location"] = f"/api/sessions/{record.id}"

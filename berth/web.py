@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from flask import Flask, current_app, g, jsonify, render_template, request
+from pydantic import BaseModel, ConfigDict, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from .machines import MachineError
@@ -47,6 +48,45 @@ def error_response(status: int, code: str, message: str):
     if status == 503:
         response.headers["Retry-After"] = "10"
     return response
+
+
+# --- request bodies
+
+class Body(BaseModel):
+    """A JSON request body of one endpoint. Values are taken as JSON sent them (no "true"
+    for true, no 7 for "7"); fields it does not declare are ignored. A field's description
+    is the message the caller gets when that field is missing or wrong."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    not_an_object: ClassVar[str] = "Send a JSON object."
+
+
+B = TypeVar("B", bound=Body)
+
+
+def json_object(model: type[Body], optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object (`optional`: no body at all is an empty one)."""
+    data = request.get_json(silent=True) if request.content_length or not optional else {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", model.not_an_object)
+    return data
+
+
+def validated(model: type[B], data: dict[str, Any]) -> B:
+    """`data` as `model`; a field that does not fit is ApiError 400 bad_request, naming it."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problem = error.errors(include_url=False)[0]
+        name = str(problem["loc"][0]) if problem["loc"] else ""
+        field = model.model_fields.get(name)
+        message = field.description if field and field.description else f'The field "{name}": {problem["msg"]}.'
+        raise ApiError(400, "bad_request", message) from None
+
+
+def json_body(model: type[B], optional: bool = False) -> B:
+    """The request's JSON body as `model`, or ApiError 400 bad_request saying what is wrong."""
+    return validated(model, json_object(model, optional))
 
 
 # --- who is asking

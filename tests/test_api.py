@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 
 import pytest
 import requests
@@ -13,7 +12,7 @@ import requests
 from berth.certs import CertificateAuthority
 from berth.machines import DockerMachines, MachineError
 
-from .conftest import NAVIGATE, BerthServer, labelled, remove_instance
+from .conftest import NAVIGATE, BerthServer, labelled, remove_instance, wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -36,12 +35,14 @@ def test_session_lifecycle(server):
     assert [m["name"] for m in created["machines"]] == ["workstation", "colleague"]
     assert all(m["status"] in ("starting", "ready") for m in created["machines"])
     assert response.headers["Location"] == f"/api/sessions/{created['id']}"
-    deadline = time.monotonic() + 60
-    while True:
-        got = server.get(f"/api/sessions/{created['id']}", created["token"]).json()
-        if all(m["status"] == "ready" for m in got["machines"]) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    def session() -> dict:
+        return server.get(f"/api/sessions/{created['id']}", created["token"]).json()
+
+    def ready() -> dict | None:
+        got = session()
+        return got if all(m["status"] == "ready" for m in got["machines"]) else None
+
+    got = wait_until(ready, 60, lambda: session()["machines"])
     assert [m["status"] for m in got["machines"]] == ["ready", "ready"]
     assert "token" not in got
     assert [t["id"] for t in got["tasks"]] == ["run", "customize", "commit", "save", "load"]
@@ -117,14 +118,13 @@ def test_cookie_from_a_foreign_origin_cannot_end_a_session(server):
 def test_engine_down_is_503_with_what_to_do(tmp_path):
     berth = BerthServer(tmp_path / "down", {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}).start(wait=False)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def answer() -> tuple[requests.Response] | None:  # a tuple: a 503 response is falsy itself
             try:
-                health = berth.health()
-                break
+                return (berth.health(),)
             except (requests.ConnectionError, FileNotFoundError):  # not listening, or no token made yet
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+                return None
+
+        (health,) = wait_until(answer, 30, lambda: berth.log_tail())
         assert health.status_code == 503
         assert "engine does not answer" in health.json()["reason"]
         anonymous = requests.get(berth.url + "/healthz", timeout=5)  # monitoring: the status alone
@@ -158,16 +158,14 @@ def test_an_unusable_machine_image_is_a_clear_503(engine, tmp_path):
     berth = BerthServer(tmp_path / "unusable", {"BERTH_MACHINE_IMAGE": os.environ.get("BERTH_BASE_IMAGE", "debian:bookworm")})
     berth.start(wait=False)
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        def says_the_image_does_not_start() -> bool:
             try:
-                health = berth.health()
-                if health.json().get("engine") == "ok" and "do not start" in health.json().get("reason", ""):
-                    break
+                health = berth.health().json()
             except (requests.ConnectionError, FileNotFoundError):  # not listening, or no token made yet
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+                return False
+            return health.get("engine") == "ok" and "do not start" in health.get("reason", "")
+
+        wait_until(says_the_image_does_not_start, 60, lambda: berth.log_tail(), interval=0.3)
         response = requests.post(berth.url + "/api/sessions", json={"lesson": "docker-images"}, timeout=30)
         assert response.status_code == 503 and "do not start on this engine" in response.json()["message"]
         assert [n for n in labelled(engine, berth.instance_id) if "mirror" not in n] == []

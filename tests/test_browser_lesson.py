@@ -5,7 +5,6 @@ in order, ending with their page served on port 3000 of the colleague's machine.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from playwright.sync_api import Page, expect
 from berth.config import PROJECT_DIR
 from berth.lessons import load_lesson
 
-from .conftest import SCREEN_TEXT_JS
+from .conftest import SCREEN_TEXT_JS, wait_until
 
 pytestmark = [pytest.mark.engine, pytest.mark.browser]
 
@@ -49,10 +48,8 @@ class Learner:
         self.page.click(f".terminal-host[data-machine={machine}] .xterm")
         self.page.keyboard.type(command)
         self.page.keyboard.press("Enter")
-        deadline = time.monotonic() + timeout
-        while self.prompts(machine) <= before:
-            assert time.monotonic() < deadline, f"no prompt after {command!r}:\n{self.screen(machine)[-1500:]}"
-            time.sleep(0.2)
+        wait_until(lambda: self.prompts(machine) > before, timeout,
+                   lambda: f"no prompt after {command!r}:\n{self.screen(machine)[-1500:]}")
 
     def task(self, task_id: str):
         return self.page.locator(f"section.task[data-task={task_id}]")
@@ -81,10 +78,7 @@ def test_the_whole_lesson_typed_into_the_page(server, browser):
         page.evaluate(RECORD_TICKS)
         learner = Learner(page)
         for machine in lesson.machines:  # both shells are up
-            deadline = time.monotonic() + 30
-            while learner.prompts(machine) < 1:
-                assert time.monotonic() < deadline, learner.screen(machine)
-                time.sleep(0.2)
+            wait_until(lambda m=machine: learner.prompts(m) >= 1, 30, lambda m=machine: learner.screen(m))
 
         # A wrong first attempt: VAR2 forgotten, port 3000 sent to the container's port 80.
         learner.type("workstation", f"docker run -dit --name ubuntu001 -e VAR1=ubuntu -p 3000:80 {base} bash")

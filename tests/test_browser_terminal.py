@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import re
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from playwright.sync_api import Page
 
 from berth.config import Config
 
-from .conftest import SCREEN_TEXT_JS, BerthServer, in_machine, page_session, remove_instance
+from .conftest import SCREEN_TEXT_JS, BerthServer, in_machine, page_session, remove_instance, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
 
@@ -58,13 +57,8 @@ def screen(page: Page, machine: str = "workstation") -> str:
 
 def wait_screen(page: Page, pattern: str, timeout: float = 20, machine: str = "workstation") -> re.Match:
     regex = re.compile(pattern, re.M)
-    deadline = time.monotonic() + timeout
-    while True:
-        match = regex.search(screen(page, machine))
-        if match:
-            return match
-        assert time.monotonic() < deadline, f"no {pattern!r} on the screen:\n{screen(page, machine)[-3000:]}"
-        time.sleep(0.1)
+    return wait_until(lambda: regex.search(screen(page, machine)), timeout,
+                      lambda: f"no {pattern!r} on the screen:\n{screen(page, machine)[-3000:]}", interval=0.1)
 
 
 def wait_prompt(page: Page, count: int = 1, timeout: float = 20) -> None:

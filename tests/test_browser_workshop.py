@@ -16,7 +16,7 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect
 
-from .conftest import SCREEN_TEXT_JS
+from .conftest import SCREEN_TEXT_JS, wait_until
 from .test_browser_lesson import SHOTS, Learner
 
 pytestmark = [pytest.mark.engine, pytest.mark.browser]
@@ -39,10 +39,7 @@ def shot(page: Page, name: str) -> Path:
 
 
 def wait_for_text(read, text: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in read():
-        assert time.monotonic() < deadline, f"{text!r} not in:\n{read()[-1500:]}"
-        time.sleep(0.1)
+    wait_until(lambda: text in read(), timeout, lambda: f"{text!r} not in:\n{read()[-1500:]}", interval=0.1)
 
 
 def test_a_workshop_from_the_instructors_page(server, browser):
@@ -101,10 +98,7 @@ def test_a_workshop_from_the_instructors_page(server, browser):
 
         # --- Ada does the run task in her terminal; the grid ticks it within a second or two
         ada = Learner(learners["Ada"])
-        deadline = time.monotonic() + 30
-        while ada.prompts("workstation") < 1:
-            assert time.monotonic() < deadline, ada.screen("workstation")
-            time.sleep(0.2)
+        wait_until(lambda: ada.prompts("workstation") >= 1, 30, lambda: ada.screen("workstation"))
         ada.type("workstation", f"docker run -dit --name ubuntu001 -e VAR1=ubuntu -p 3000:80 {base} bash")
         cell = teacher.locator(f"#grid-body tr[data-session='{sessions['Ada']}'] td.cell[data-task=run]")
         expect(cell).to_have_attribute("data-status", "trying", timeout=10_000)
@@ -133,10 +127,7 @@ def test_a_workshop_from_the_instructors_page(server, browser):
 
         # --- the instructor watches Linus's terminal: sees his typing, cannot type
         linus = Learner(learners["Linus"])
-        deadline = time.monotonic() + 30
-        while linus.prompts("workstation") < 1:
-            assert time.monotonic() < deadline, linus.screen("workstation")
-            time.sleep(0.2)
+        wait_until(lambda: linus.prompts("workstation") >= 1, 30, lambda: linus.screen("workstation"))
         linus.type("workstation", "echo before-watching-$((6*7))")
         teacher.locator(f"#grid-body tr[data-session='{sessions['Linus']}'] .watch-button[data-machine=workstation]").click()
         expect(teacher.locator("#watch")).to_be_visible()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 import requests
 
 from berth.config import PROJECT_DIR
 
-from .conftest import free_port, in_machine
+from .conftest import free_port, in_machine, wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -37,16 +36,17 @@ def berth_container(engine):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        def healthy() -> bool:
             try:
                 if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                    break
+                    return True
             except requests.RequestException:
                 pass
             container.reload()
-            assert container.status == "running" and time.monotonic() < deadline, container.logs()[-3000:]
-            time.sleep(0.5)
+            assert container.status == "running", container.logs()[-3000:]
+            return False
+
+        wait_until(healthy, 120, lambda: container.logs()[-3000:], interval=0.5)
         yield url, container
     finally:
         instance = container.exec_run(["/venv/bin/python", "-c",

@@ -12,13 +12,12 @@ import os
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 
 import pytest
 
-from .conftest import NAVIGATE, BerthServer, in_machine, machine_container, remove_instance
+from .conftest import NAVIGATE, BerthServer, in_machine, machine_container, remove_instance, wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -277,14 +276,14 @@ def test_lan():
         answer = "import socket,sys\ns=socket.socket();s.setsockopt(1,2,1);s.bind(('0.0.0.0',8777));s.listen(8)\n" \
                  "while True:\n c,_=s.accept();c.sendall(b'SECRET-FROM-LAN\\n');c.close()\n"
         listeners.append(subprocess.Popen(["ip", "netns", "exec", name, "python3", "-c", answer]))
-        deadline = time.monotonic() + 20
-        while True:  # until its listener answers
+        def listening() -> bool:
             try:
                 socket.create_connection((addresses["blocked"], 8777), timeout=2).close()
-                break
+                return True
             except OSError:
-                assert time.monotonic() < deadline, "the test network's listener did not start"
-                time.sleep(0.1)
+                return False
+
+        wait_until(listening, 20, lambda: "the test network's listener did not start", interval=0.1)
         yield addresses
     finally:
         for process in listeners:

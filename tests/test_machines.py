@@ -172,11 +172,12 @@ def test_restart_adopts_running_sessions(engine, tmp_path):
         second = BerthServer(first.data_dir, port=first.port).start()
         response = second.get(f"/api/sessions/{session['id']}", session["token"])
         assert response.status_code == 200, response.text
-        deadline = time.monotonic() + 60
-        while any(m["status"] != "ready" for m in response.json()["machines"]) and time.monotonic() < deadline:
-            time.sleep(0.5)
-            response = second.get(f"/api/sessions/{session['id']}", session["token"])
-        assert [m["status"] for m in response.json()["machines"]] == ["ready", "ready"]
+
+        def machines() -> list[dict]:
+            return second.get(f"/api/sessions/{session['id']}", session["token"]).json()["machines"]
+
+        wait_until(lambda: all(m["status"] == "ready" for m in machines()), 60, machines, interval=0.5)
+        assert [m["status"] for m in machines()] == ["ready", "ready"]
         assert machine_container(engine, session, "workstation").id == before
         assert in_machine(engine, session, "workstation", "cat /root/note.txt")[1].strip() == "kept"
         second.stop()

@@ -20,7 +20,7 @@ from berth.sessions import hash_token
 from berth.sockets import TERMINAL as NAMESPACE
 from berth.store import MachineRecord, SessionRecord
 
-from .conftest import BerthServer, in_machine, remove_instance, wait_until_ready
+from .conftest import BerthServer, in_machine, remove_instance, wait_until, wait_until_ready
 from .terminal_client import Refused, TerminalClient
 
 PROMPT = re.compile(rb"\x1b\]7771;prompt\x07")
@@ -194,24 +194,19 @@ class Term:
 
     def wait_for(self, pattern: str | re.Pattern, timeout: float = 15, after: int = 0) -> re.Match:
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while True:
-            match = regex.search(self.text(), after)
-            if match:
-                return match
-            assert time.monotonic() < deadline, f"no {regex.pattern!r} in {self.text()[-2000:]!r}"
-            time.sleep(0.02)
+        return wait_until(lambda: regex.search(self.text(), after), timeout,
+                          lambda: f"no {regex.pattern!r} in {self.text()[-2000:]!r}", interval=0.02)
 
     def event(self, name: str, timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
+        def take() -> dict | None:
             self.pump()
             for item in self.events:
                 if item["name"] == name:
                     self.events.remove(item)
-                    return item["args"][0]
-            assert time.monotonic() < deadline, f"no {name} event; got {self.events}"
-            time.sleep(0.02)
+                    return item
+            return None
+
+        return wait_until(take, timeout, lambda: f"no {name} event; got {self.events}", interval=0.02)["args"][0]
 
     def send(self, text: str) -> None:
         self.client.emit("input", text, self.seq, namespace=NAMESPACE)
@@ -247,10 +242,8 @@ def test_a_shell_in_the_machine(live):
     assert term.run("stty size").strip() == "27 91"
     assert term.run("echo $TERM; hostname; pwd").split() == ["xterm-256color", "workstation", "/root"]
     assert term.run("docker info --format '{{.ServerVersion}}' >/dev/null && echo engine ok").strip() == "engine ok"
-    deadline = time.monotonic() + 5
-    while ("command", live.session_id, "workstation") not in events or ("enter", live.session_id, "workstation") not in events:
-        assert time.monotonic() < deadline, events
-        time.sleep(0.05)
+    wait_until(lambda: ("command", live.session_id, "workstation") in events
+               and ("enter", live.session_id, "workstation") in events, 5, lambda: events, interval=0.05)
     shell = live.berth.terminals.shells[(live.session_id, "workstation", "main")]
     assert shell.tty.stream.sock.gettimeout() is None  # an idle terminal never times out
     term.close()
@@ -363,10 +356,8 @@ def test_shells_per_machine_are_bounded(live):
     for t in terms:
         t.close()
     shells = live.berth.terminals.shells
-    deadline = time.monotonic() + 20
-    while any(key[1] == "colleague" for key in list(shells)):  # ended after the linger
-        assert time.monotonic() < deadline, list(shells)
-        time.sleep(0.2)
+    wait_until(lambda: not any(key[1] == "colleague" for key in list(shells)), 20,  # ended after the linger
+               lambda: list(shells))
     again = Term(live.app, live.auth(machine="colleague", shell="fourth"))
     assert again.connected
     again.close()
@@ -380,10 +371,8 @@ def test_a_shell_without_browser_is_ended_after_the_linger(live, engine):
     session = {"id": live.session_id}
     code, out = in_machine(engine, session, "workstation", f"kill -0 {pid}")
     assert code == 0, (pid, out)
-    deadline = time.monotonic() + 20
-    while in_machine(engine, session, "workstation", f"kill -0 {pid}")[0] == 0:
-        assert time.monotonic() < deadline, "the shell outlived BERTH_SHELL_LINGER"
-        time.sleep(0.5)
+    wait_until(lambda: in_machine(engine, session, "workstation", f"kill -0 {pid}")[0] != 0, 20,
+               lambda: "the shell outlived BERTH_SHELL_LINGER", interval=0.5)
     again = Term(live.app, live.auth(shell="lingers"))
     assert again.event("attached")["shell"] == "new"
     assert shell_pid(again) != pid
@@ -492,13 +481,10 @@ def test_pastes_larger_than_a_message_arrive_whole(server, lesson_session, engin
     for i in range(0, len(text), 64 * 1024):  # as the page splits it
         term.send(text[i:i + 64 * 1024])
     digest = hashlib.sha256(text).hexdigest()
-    deadline = time.monotonic() + 60
-    while True:
-        code, out = in_machine(engine, lesson_session, "workstation", "sha256sum < /tmp/paste")
-        if out.split()[0] == digest:
-            break
-        assert time.monotonic() < deadline, f"paste arrived as {out}"
-        time.sleep(0.5)
+    def pasted() -> str:
+        return in_machine(engine, lesson_session, "workstation", "sha256sum < /tmp/paste")[1]
+
+    wait_until(lambda: pasted().split()[0] == digest, 60, lambda: f"paste arrived as {pasted()}", interval=0.5)
     assert term.run("echo after-paste").strip() == "after-paste"
     term.close()
 
@@ -552,10 +538,11 @@ def test_a_server_restart_keeps_the_shell(engine, tmp_path):
         assert again.attached["shell"] == "existing" and again.attached["epoch"] != epoch
         assert again.run("echo $$").strip() == pid
         assert again.run("pwd; jobs").split()[:3] == ["/etc", "[1]+", "Running"]
-        deadline = time.monotonic() + 5  # the earlier attachment is told to leave, and goes
-        while (procs := in_machine(engine, session, "workstation", "pgrep -c -f '[b]erth-shell attach '")[1].strip()) != "1":
-            assert time.monotonic() < deadline, f"{procs} attachments: the stopped Berth's was left behind"
-            time.sleep(0.2)
+        def attachments() -> str:
+            return in_machine(engine, session, "workstation", "pgrep -c -f '[b]erth-shell attach '")[1].strip()
+
+        wait_until(lambda: attachments() == "1", 5,  # the earlier attachment is told to leave, and goes
+                   lambda: f"{attachments()} attachments: the stopped Berth's was left behind")
         again.close()
         berth.delete_session(session)
     finally:
@@ -569,9 +556,6 @@ def test_ending_the_session_ends_its_terminals(server):
     term = Remote(server.url, remote_auth(session))
     term.wait_for(rb"# $")
     assert server.delete_session(session).status_code == 204
-    deadline = time.monotonic() + 20
-    while term.ended is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: term.ended is not None, 20, interval=0.1)
     assert term.ended["reason"] == "session"
     term.close()

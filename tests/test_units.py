@@ -225,3 +225,61 @@ def test_routed_networks_are_read_from_the_routing_table(tmp_path):
     )
     assert [str(n) for n in routed_networks(str(table))] == ["10.213.0.0/27"]
     assert routed_networks(str(tmp_path / "missing")) == []
+
+
+# --- one lock per key
+
+
+def test_keyed_locks_let_one_in_per_key_and_forget_keys_nobody_holds():
+    import threading
+    import time
+
+    from berth.locks import KeyedLocks
+
+    locks, inside, most, a_held = KeyedLocks(), [0], [0], threading.Event()
+
+    def one(key: str) -> None:
+        with locks.hold(key):
+            a_held.set()
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            time.sleep(0.1)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=one, args=("session-a",)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert a_held.wait(5)
+    with locks.hold("session-b"):  # another key goes on while session-a's holders take turns
+        assert len(locks) == 2
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1 and len(locks) == 0
+    try:
+        with locks.hold("session-c"):
+            raise ValueError("the holder failed")
+    except ValueError:
+        pass
+    assert len(locks) == 0
+
+
+# --- request bodies
+
+
+def test_a_request_body_that_does_not_fit_names_the_field():
+    import pytest
+
+    from berth.instructor import NewWorkshop
+    from berth.views import NewSession
+    from berth.web import ApiError, validated
+
+    for data, field in (({}, '"lesson"'), ({"lesson": 7}, '"lesson"'), ({"lesson": "x", "wait": "yes"}, '"wait"'),
+                        ({"lesson": "x", "seats": True}, '"seats"'), ({"lesson": "x", "seats": 2.0}, '"seats"'),
+                        ({"lesson": "x", "expires_in": "forever"}, '"expires_in"')):
+        model = NewWorkshop if "seats" in data or "expires_in" in data else NewSession
+        with pytest.raises(ApiError) as refused:
+            validated(model, data)
+        assert (refused.value.status, refused.value.code) == (400, "bad_request") and field in refused.value.message
+    assert validated(NewSession, {"lesson": "docker-images", "colour": "blue"}).wait is False  # others ignored
+    workshop = validated(NewWorkshop, {"lesson": "docker-images", "seats": "12", "expires_in": "90m", "title": None})
+    assert (workshop.seats, workshop.expires_in, workshop.title) == (12, 5400, None)

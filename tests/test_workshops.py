@@ -15,7 +15,7 @@ import pytest
 import requests
 import socketio
 
-from .conftest import BerthServer, remove_instance
+from .conftest import BerthServer, remove_instance, wait_until
 from .terminal_client import Refused, TerminalClient
 
 pytestmark = pytest.mark.engine
@@ -61,13 +61,10 @@ def error(response: requests.Response, status: int, code: str) -> None:
 
 
 def wait_ready(server: BerthServer, learner: dict, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = server.get(f"/api/sessions/{learner['id']}", learner["token"]).json()
-        if all(m["status"] == "ready" for m in got["machines"]):
-            return
-        assert time.monotonic() < deadline, got
-        time.sleep(0.3)
+    def session() -> dict:
+        return server.get(f"/api/sessions/{learner['id']}", learner["token"]).json()
+
+    wait_until(lambda: all(m["status"] == "ready" for m in session()["machines"]), timeout, session, interval=0.3)
 
 
 def listen(server: BerthServer, namespace: str, auth: dict, events: list[str]) -> tuple[socketio.Client, dict]:
@@ -96,10 +93,7 @@ def refused(server: BerthServer, namespace: str, auth: dict, headers: dict | Non
 
 
 def until(predicate, timeout: float = 10, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
+    wait_until(predicate, timeout, lambda: what, interval=0.1)
 
 
 # --- the instructor token
