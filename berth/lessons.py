@@ -311,5 +311,11 @@ class Library:
     def get(self, slug: str) -> Lesson | None:
         return self.lessons.get(slug)
 
+    def after(self, slug: str) -> Lesson | None:
+        """The lesson that follows this one in the chapter's order, if any."""
+        slugs = list(self.lessons)
+        index = slugs.index(slug) if slug in slugs else len(slugs)
+        return self.lessons[slugs[index + 1]] if index + 1 < len(slugs) else None
+
     def images(self) -> list[str]:
         return list(dict.fromkeys(image for lesson in self.lessons.values() for image in lesson.images))

@@ -141,8 +141,18 @@ def healthz():
 
 @pages.get("/")
 def index():
+    """The chapter's lessons in order, each with this browser's progress in it (the session
+    its cookie holds, while that session lasts)."""
     library = current_berth().library
-    return render_template("index.html", lessons=list(library.lessons.values()), errors=library.errors)
+    progress = {}
+    for slug in library.lessons:
+        record, _ = cookie_session(slug)
+        if record is not None:
+            tasks = task_list(record)
+            progress[slug] = (sum(task["status"] == "done" for task in tasks), len(tasks))
+    response = make_response(render_template("index.html", lessons=list(library.lessons.values()),
+                                             errors=library.errors, progress=progress))
+    return no_store(response) if progress else response
 
 
 def cookie_session(slug: str) -> tuple[SessionRecord | None, str | None]:
@@ -203,7 +213,7 @@ def lesson_page(slug: str):
         record, token = started
         fresh = True
     response = make_response(render_template("lesson.html", lesson=lesson, session=record,
-                                             tasks=task_list(record),
+                                             tasks=task_list(record), next_lesson=berth.library.after(slug),
                                              isolation_warning=berth.backend.describe().warning))
     if fresh:
         set_session_cookie(response, record, token)

@@ -183,3 +183,19 @@ def test_a_creation_failing_midway_leaves_nothing(engine, config, tmp_path):
         assert labelled(engine, backend.instance_id) == []
     finally:
         remove_instance(engine, backend.instance_id)
+
+
+def test_the_index_shows_the_chapter_with_this_browsers_progress(server):
+    browser = requests.Session()
+    assert "tasks done" not in browser.get(server.url + "/", timeout=30).text
+    page = browser.get(server.url + "/lessons/docker-images", headers=NAVIGATE, timeout=60)
+    assert page.status_code == 200 and 'class="next-lesson"' in page.text
+    session_id, token = browser.cookies["berth_docker_images"].split(":")
+    try:
+        index = browser.get(server.url + "/", timeout=30)
+        entry = index.text.split('data-lesson="docker-images"')[1].split("</li>")[0]
+        assert "0 of 5 tasks done" in entry and index.headers["Cache-Control"] == "no-store"
+        assert "tasks done" not in requests.get(server.url + "/", timeout=30).text  # another browser
+    finally:
+        requests.delete(f"{server.url}/api/sessions/{session_id}", headers={"Authorization": f"Bearer {token}"},
+                        timeout=60)
