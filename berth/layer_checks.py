@@ -200,8 +200,8 @@ def layer_change(ctx: Context, p: LayerChangeParams) -> list[Finding]:
     seen = look(ctx, p.machine, ask)
     upper = seen["upper"]
     if upper is None:
-        return [Finding(False, f"There is no overlay mounted on {p.mount} with an upper directory, so nothing "
-                               f"records changes yet (mount it again, as in the previous task).")]
+        return [Finding(False, f"There is no overlay with an upper directory mounted on {p.mount}, so nothing "
+                               f"records changes yet.")]
     upper_name = upper_name or upper
     lowers = ":".join(seen["lowers"])
     entries = [e for e in seen["entries"] if p.path is None or e["path"] == p.path]

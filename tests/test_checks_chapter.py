@@ -198,7 +198,7 @@ def test_a_file_deleted_from_the_lower_folder_itself(lab):
     expect(lab.check("layer_change", machine="workstation", mount="/gone/merged", change="deleted", path="/lower.txt"),
            (False, "/lower.txt is gone from the lower layer (/gone/lower) itself"))
     expect(lab.check("layer_change", machine="workstation", mount="/empty", change="deleted"),
-           (False, "There is no overlay mounted on /empty with an upper directory"))
+           (False, "There is no overlay with an upper directory mounted on /empty"))
 
 
 def test_a_containers_upper_directory(lab):
