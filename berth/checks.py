@@ -90,16 +90,32 @@ def committed_images(ctx: Context, machine: str, container: str) -> tuple[list[d
     return sorted(images, key=lambda i: i.get("Created", ""), reverse=True), attrs is not None
 
 
+def find_image(ctx: Context, machine: str, name: str) -> tuple[dict, str] | None:
+    """An image by name, as docker finds it, and how to speak of it. A name without a tag
+    also finds its repository under another tag (`box-flat` finds `box-flat:1.0`): a
+    lesson that asks for a name leaves the tag to the learner."""
+    try:
+        return ctx.engine(machine).api.inspect_image(name), name
+    except docker.errors.ImageNotFound:
+        pass
+    if ":" in name.rsplit("/", 1)[-1] or "@" in name:
+        return None
+    for attrs in ctx.images(machine):
+        for tag in attrs.get("RepoTags") or []:
+            if tag.rsplit(":", 1)[0] == name:
+                return attrs, tag
+    return None
+
+
 def resolve(ctx: Context, ref: ImageRef | str, default_machine: str) -> Resolved:
     if isinstance(ref, str):
         ref = ImageRef(name=ref)
     machine = ref.machine or default_machine
     if ref.name is not None:
-        try:
-            attrs = ctx.engine(machine).api.inspect_image(ref.name)
-        except docker.errors.ImageNotFound:
+        found = find_image(ctx, machine, ref.name)
+        if found is None:
             return Resolved(label=ref.name, problem=f"There is no image {ref.name} on {machine}.")
-        return Resolved({attrs["Id"]}, ref.name)
+        return Resolved({found[0]["Id"]}, found[1])
     images, _ = committed_images(ctx, machine, ref.committed_from or "")
     if not images:
         return Resolved(label=f"the image committed from {ref.committed_from}",
@@ -292,8 +308,17 @@ def program_installed(ctx: Context, p: ProgramsParams) -> list[Finding]:
 class FileParams(Params):
     machine: str
     container: str | None = None
-    path: str = Field(pattern=r"^/")
+    path: str | None = Field(default=None, pattern=r"^/")
+    folder: str | None = Field(default=None, pattern=r"^/", description="any file directly in it (with contains)")
     contains: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> FileParams:
+        if (self.path is None) == (self.folder is None):
+            raise ValueError("give either path or folder")
+        if self.folder is not None and (self.contains is None or self.container is not None):
+            raise ValueError("a folder is searched in the machine, for a file that contains a text")
+        return self
 
 
 READ_LIMIT = 1024 * 1024
@@ -327,9 +352,48 @@ def read_container_file(ctx: Context, machine: str, container_id: str, path: str
         return handle.read(READ_LIMIT).decode("utf-8", "replace") if handle else None
 
 
+# Lists the regular files directly in a folder of the machine with their first bytes, for
+# a file whose name is the learner's choice.
+FOLDER_SCAN = r"""
+import json, os, sys
+folder = sys.argv[1]
+if not os.path.isdir(folder):
+    print("null")
+    sys.exit()
+found = {}
+for name in sorted(os.listdir(folder))[:200]:
+    path = os.path.join(folder, name)
+    if os.path.isfile(path) and not os.path.islink(path):
+        with open(path, "rb") as handle:
+            found[path] = handle.read(65536).decode("utf-8", "replace")
+print(json.dumps(found))
+"""
+
+
+def _file_in_folder(ctx: Context, p: FileParams) -> list[Finding]:
+    folder = (p.folder or "").rstrip("/") or "/"
+    result = ctx.run_in_machine(p.machine, ["python3", "-c", FOLDER_SCAN, folder])
+    if result.exit_code != 0:
+        raise CheckProblem(f"Berth could not look in {folder} on {p.machine}: {result.text.strip()[-120:]}")
+    files = json.loads(result.text)
+    if files is None:
+        return [Finding(False, f"There is no folder {folder} on {p.machine} yet (mkdir {folder}).")]
+    holding = [path for path, text in files.items() if (p.contains or "") in text]
+    if holding:
+        return [Finding(True, f"{holding[0]} on {p.machine} says {p.contains!r}.")]
+    if files:
+        return [Finding(False, f"No file in {folder} on {p.machine} says {p.contains!r} yet "
+                               f"(there is {', '.join(list(files)[:3])}).")]
+    return [Finding(False, f"{folder} on {p.machine} has no file yet that says {p.contains!r}.")]
+
+
 @kind("file", FileParams)
 def file(ctx: Context, p: FileParams) -> list[Finding]:
-    """A file exists in a machine (or in a container of it) and contains a text."""
+    """A file exists in a machine (or in a container of it) and contains a text; or some
+    file in a folder of the machine contains it, whatever its name."""
+    if p.folder is not None:
+        return _file_in_folder(ctx, p)
+    assert p.path is not None
     if p.container:
         attrs = ctx.container(p.machine, p.container)
         if attrs is None:
@@ -436,22 +500,84 @@ class ImageParams(Params):
     committed_from: str | None = None
     tagged: bool = Field(default=False, description="the image must have a name (a tag); "
                                                     "otherwise an unnamed one passes, with a tip to name it")
+    imported: bool = Field(default=False, description="made by docker import: one layer, history says Imported")
+    cmd: list[str] | None = Field(default=None, description="the image's CMD, exec form; the shell form counts")
+    env: dict[str, str] = Field(default={}, description="environment variables the image sets")
 
     @model_validator(mode="after")
     def _one_way(self) -> ImageParams:
         if (self.name is None) == (self.committed_from is None):
             raise ValueError("give either name or committed_from")
+        if self.name is None and (self.imported or self.cmd is not None or self.env):
+            raise ValueError("imported, cmd and env are checked on an image given by name")
         return self
+
+
+def _imported_finding(ctx: Context, machine: str, name: str, label: str, attrs: dict) -> Finding:
+    """Made by docker import: its newest (and only) step of history says Imported, so it
+    has one layer; and the export it came from, when the tar is in the machine (the
+    digest of the tar is the ID of the layer). A commit or a build on top of an imported
+    image (the base image Berth builds is one) is not an import."""
+    layers = (attrs.get("RootFS") or {}).get("Layers") or []
+    history = ctx.engine(machine).api.history(attrs["Id"])
+    top = (history[0].get("Comment") or "") if history else ""  # the newest step
+    comment = top if top.startswith("Imported") else ""
+    again = f"docker import FILE {name}"
+    others = [t for t in attrs.get("RepoTags") or [] if t.rsplit(":", 1)[0] != label.rsplit(":", 1)[0]]
+    if others:
+        return Finding(False, f"{label} is another name of {others[0]} (docker tag), not an image imported "
+                              f"from an export ({again}).")
+    if not comment and attrs.get("Container"):
+        return Finding(False, f"{label} was made from a container (docker commit, or a step of a build), "
+                              f"not imported ({again}).")
+    if not comment:
+        return Finding(False, f"{label} has {len(layers)} layers and docker history does not say Imported: "
+                              f"it was not made by docker import ({again}).")
+    source = next((a for a in archives(ctx, machine, ARCHIVE_PLACES) if a.exported and a.digest == layers[0]), None)
+    whence = f", from {source.path}" if source else ""
+    return Finding(True, f"{label} was made by docker import{whence}: one layer, and docker history says "
+                         f"{comment!r}.")
+
+
+def _cmd_finding(label: str, attrs: dict, cmd: list[str]) -> Finding:
+    actual = (attrs.get("Config") or {}).get("Cmd") or []
+    wanted = json.dumps(cmd)
+    if actual == cmd or actual == ["/bin/sh", "-c", " ".join(cmd)]:
+        return Finding(True, f"{label}'s CMD is {json.dumps(actual)}.")
+    if not actual:
+        return Finding(False, f"{label} has no CMD (docker import keeps none: give it with "
+                              f"--change 'CMD {wanted}').")
+    return Finding(False, f"{label}'s CMD is {json.dumps(actual)}, not {wanted} (--change 'CMD {wanted}').")
+
+
+def _image_env_findings(label: str, attrs: dict, env: dict[str, str]) -> list[Finding]:
+    actual = dict(item.partition("=")[::2] for item in (attrs.get("Config") or {}).get("Env") or [])
+    findings = []
+    for key, value in env.items():
+        if key not in actual:
+            findings.append(Finding(False, f"{label} does not set {key} (--change 'ENV {key}={value}')."))
+        elif actual[key] != value:
+            findings.append(Finding(False, f"{label} sets {key} to {actual[key]!r}, not {value!r}."))
+        else:
+            findings.append(Finding(True, f"{label} sets {key}={value}."))
+    return findings
 
 
 @kind("image", ImageParams)
 def image(ctx: Context, p: ImageParams) -> list[Finding]:
-    """An image exists (by name), or one was committed from a container (named or not)."""
+    """An image exists (by name, any tag when none is asked), or one was committed from a
+    container (named or not); one made by docker import, with a CMD and environment."""
     if p.name is not None:
-        found = resolve(ctx, p.name, p.machine)
-        if found.problem:
-            return [Finding(False, found.problem)]
-        return [Finding(True, f"{p.name} is listed by docker images on {p.machine}.")]
+        found = find_image(ctx, p.machine, p.name)
+        if found is None:
+            return [Finding(False, f"There is no image {p.name} on {p.machine}.")]
+        attrs, label = found
+        findings = [Finding(True, f"{label} is listed by docker images on {p.machine}.")]
+        if p.imported:
+            findings.append(_imported_finding(ctx, p.machine, p.name, label, attrs))
+        if p.cmd is not None:
+            findings.append(_cmd_finding(label, attrs, p.cmd))
+        return findings + _image_env_findings(label, attrs, p.env)
     images, exists = committed_images(ctx, p.machine, p.committed_from or "")
     if not images:
         if not exists:
@@ -475,13 +601,30 @@ ARCHIVE_PLACES = ["/root", "/home", "/tmp", "/var/tmp", "/srv", "/opt"]
 
 # Run in the machine by Berth (sent with each check, never stored there): lists regular
 # files that start like a tar archive (plain or compressed) and reads what images each
-# `docker save` archive holds from its manifest.json. Files whose size and time are in
-# argv[1] (already known) are only reported, not read again.
+# `docker save` archive holds from its manifest.json. A tar of a root file system (what
+# `docker export` writes) gets the digest of its uncompressed stream, which is the layer ID
+# `docker import` gives it, and which of the paths in argv[2] it holds. Files whose size and
+# time are in argv[1] (already known) are only reported, not read again.
 ARCHIVE_SCAN = r"""
-import json, os, stat, sys, tarfile
+import bz2, gzip, hashlib, json, lzma, os, stat, sys, tarfile, time
 known = set(json.loads(sys.argv[1]))
+probes = json.loads(sys.argv[2])
+started = time.monotonic()
+budget, hard = started + float(sys.argv[3]), started + 2 * float(sys.argv[3])
 found = []
-for top in sys.argv[2:]:
+partial = False
+OPEN = {"tar": open, "gz": gzip.open, "bz": bz2.open, "xz": lzma.open}
+class Hashing:
+    # reads the uncompressed stream once, for tarfile and for its digest alike
+    def __init__(self, stream):
+        self.stream, self.sha = stream, hashlib.sha256()
+    def read(self, size=-1):
+        if time.monotonic() > hard:
+            raise TimeoutError
+        data = self.stream.read(size)
+        self.sha.update(data)
+        return data
+for top in sys.argv[4:]:
     depth = top.rstrip("/").count("/")
     for folder, dirs, files in os.walk(top):
         if folder.count("/") - depth >= 3:
@@ -496,27 +639,52 @@ for top in sys.argv[2:]:
                 if key in known:
                     found.append({"key": key, "known": True})
                     continue
+                if time.monotonic() > budget:
+                    partial = True  # read next time: what is read is kept
+                    continue
                 with open(path, "rb") as handle:
                     head = handle.read(512)
                 if head[257:262] == b"ustar":
-                    form = "tar"
-                elif head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00":
-                    form = "compressed"
+                    form, packing = "tar", "tar"
+                elif head[:2] == b"\x1f\x8b":
+                    form, packing = "compressed", "gz"
+                elif head[:3] == b"BZh":
+                    form, packing = "compressed", "bz"
+                elif head[:6] == b"\xfd7zXZ\x00":
+                    form, packing = "compressed", "xz"
                 else:
                     continue
-                entry = {"key": key, "path": path, "size": st.st_size, "form": form, "images": []}
+                entry = {"key": key, "path": path, "size": st.st_size, "form": form, "images": [],
+                         "root": False, "holds": []}
                 try:
-                    with tarfile.open(path, "r:*") as archive:
-                        for member in archive:
-                            if member.name.lstrip("./") == "manifest.json":
-                                entry["images"] = [{"config": m.get("Config", ""), "tags": m.get("RepoTags") or []}
-                                                   for m in json.load(archive.extractfile(member))]
+                    with OPEN[packing](path, "rb") as raw:
+                        stream = Hashing(raw)
+                        with tarfile.open(fileobj=stream, mode="r|") as archive:
+                            for member in archive:
+                                name = member.name
+                                while name.startswith("./"):
+                                    name = name[2:]
+                                name = name.rstrip("/")
+                                if name == "manifest.json":
+                                    entry["images"] = [{"config": m.get("Config", ""), "tags": m.get("RepoTags") or []}
+                                                       for m in json.load(archive.extractfile(member))]
+                                elif name in ("etc", "usr", "bin"):
+                                    entry["root"] = True
+                                if "/" + name in probes:
+                                    entry["holds"].append("/" + name)
+                        while stream.read(1 << 20):
+                            pass
+                    if entry["root"] and not entry["images"]:
+                        entry["digest"] = "sha256:" + stream.sha.hexdigest()
+                except TimeoutError:
+                    partial = True  # too slow this time: read from the start next time
+                    continue
                 except (tarfile.TarError, EOFError, OSError, ValueError) as error:
                     entry["error"] = str(error)[:200]
                 found.append(entry)
             except OSError:
                 continue
-print(json.dumps(found))
+print(json.dumps({"found": found, "partial": partial}))
 """
 
 
@@ -528,31 +696,63 @@ class Archive:
     configs: tuple[str, ...]  # image ids (hex) it holds
     tags: tuple[str, ...]
     error: str = ""
+    root: bool = False  # a root file system (etc, usr, bin at its top), as docker export writes
+    digest: str = ""  # of the uncompressed tar: the layer ID docker import gives it
+    holds: tuple[str, ...] = ()  # which of the paths asked for it holds
+
+    @property
+    def exported(self) -> bool:
+        return self.root and not self.configs
 
 
-def archives(ctx: Context, machine: str, places: list[str]) -> list[Archive]:
-    """The tar archives in a machine's usual places, with what images they hold. A file is
-    read once per size and time (a 400 MB archive takes a while if compressed)."""
-    def make() -> list[Archive]:
-        cache = ctx.session_cache.setdefault(("archives", ctx.machine(machine).container_id), {})
-        result = ctx.run_in_machine(machine, ["python3", "-c", ARCHIVE_SCAN, json.dumps(sorted(cache)), *places],
+class Archives(list):
+    """Archives found in a machine; `partial`: some files were left to read next time."""
+
+    partial: bool = False
+
+
+# Seconds a scan starts reading new files (the rest are read the next time); a file still
+# being read at twice that is left for the next time too, so that a scan ends within the
+# check's time whatever the machine's load.
+SCAN_BUDGET = 3.5
+
+
+def archives(ctx: Context, machine: str, places: list[str], probes: tuple[str, ...] = ()) -> Archives:
+    """The tar archives in a machine's usual places, with what images they hold, or, for a
+    file-system tar, its digest and which of `probes` (absolute paths) it holds. A file is
+    read once per size and time (a 400 MB archive takes a while if compressed), and a scan
+    that runs out of time keeps what it read, so that many archives are read over rounds."""
+    def make() -> Archives:
+        cache = ctx.session_cache.setdefault(("archives", ctx.machine(machine).container_id, probes), {})
+        result = ctx.run_in_machine(machine, ["python3", "-c", ARCHIVE_SCAN, json.dumps(sorted(cache)),
+                                              json.dumps(list(probes)), str(SCAN_BUDGET), *places],
                                     timeout=CHECK_TIMEOUT - 2)
         if result.exit_code != 0:
             raise CheckProblem(f"Berth could not look for archives on {machine}: {result.text.strip()[-160:]}")
-        found = []
-        for entry in json.loads(result.text):
+        scan = json.loads(result.text)
+        found = Archives()
+        found.partial = scan["partial"]
+        for entry in scan["found"]:
             if not entry.get("known"):
                 configs = tuple(re.sub(r"^(blobs/sha256/|sha256:)", "", i["config"]).removesuffix(".json")
                                 for i in entry["images"])
                 tags = tuple(t for i in entry["images"] for t in i["tags"])
                 cache[entry["key"]] = Archive(entry["path"], entry["size"], entry["form"], configs, tags,
-                                              entry.get("error", ""))
+                                              entry.get("error", ""), entry.get("root", False),
+                                              entry.get("digest", ""), tuple(entry.get("holds", ())))
             found.append(cache[entry["key"]])
-        live = {e["key"] for e in json.loads(result.text)}
-        for key in set(cache) - live:
-            del cache[key]
+        if not found.partial:
+            for key in set(cache) - {e["key"] for e in scan["found"]}:
+                del cache[key]
         return found
-    return ctx.memo(("archives", machine, tuple(places)), make)
+    return ctx.memo(("archives", machine, tuple(places), probes), make)
+
+
+def still_reading(found: Archives, machine: str) -> None:
+    """Nothing fitting was found, but some archives are not read yet: say so, not 'none'."""
+    if found.partial:
+        raise CheckProblem(f"Berth is still reading the archives on {machine} (large ones take a while); "
+                           f"it looks again.")
 
 
 class ArchiveParams(Params):
@@ -577,6 +777,7 @@ def saved_archive(ctx: Context, p: ArchiveParams) -> list[Finding]:
         if best.form == "tar" and best.path.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
             form = " (a plain tar, whatever its name says: docker save does not compress)"
         return [Finding(True, f"{best.path} on {p.machine} is a docker save archive of {wanted.label}{form}.")]
+    still_reading(found, p.machine)
     unfinished = [a for a in found if a.error and not a.configs]
     if unfinished:
         return [Finding(False, f"{unfinished[0].path} on {p.machine} is not a whole archive (yet?): "
@@ -586,8 +787,70 @@ def saved_archive(ctx: Context, p: ArchiveParams) -> list[Finding]:
         what = ", ".join(saved[0].tags) or "another image"
         return [Finding(False, f"{saved[0].path} on {p.machine} is a docker save archive, but of {what}, "
                                f"not {wanted.label}.")]
+    exported = [a for a in found if a.exported]
+    if exported:
+        return [Finding(False, f"{exported[0].path} on {p.machine} is a container's file system (docker export), "
+                               f"not a docker save archive: it has no manifest.json, no layers and no settings "
+                               f"(docker save -o FILE {wanted.label}).")]
     return [Finding(False, f"There is no docker save archive of {wanted.label} on {p.machine} yet "
                            f"(looked in {', '.join(p.places)}).")]
+
+
+class ExportParams(Params):
+    machine: str
+    container: str | None = Field(default=None, description="the container exported (said in the messages)")
+    holds: list[str] = Field(default=[], description="absolute paths the file system must hold")
+    places: list[str] = Field(default=ARCHIVE_PLACES, description="folders searched (3 levels deep)")
+
+    @field_validator("holds")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or path == "/":
+                raise ValueError(f"{path!r} is not an absolute path of a file")
+        return [path.rstrip("/") for path in value]
+
+
+def _packing(archive: Archive) -> str:
+    if archive.form == "compressed":
+        return " (compressed)"
+    if archive.path.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
+        return " (a plain tar, whatever its name says)"
+    return ""
+
+
+@kind("exported_archive", ExportParams)
+def exported_archive(ctx: Context, p: ExportParams) -> list[Finding]:
+    """A file in a machine is a container's file system as `docker export` writes it (a tar
+    of a root file system, plain or compressed, any name), holding given paths; not a
+    `docker save` archive."""
+    found = archives(ctx, p.machine, p.places, tuple(p.holds))
+    source = p.container or "CONTAINER"
+    exported = [a for a in found if a.exported]
+    whole = [a for a in exported if set(p.holds) <= set(a.holds)]
+    if whole:
+        best = whole[0]
+        holding = f", holding {', '.join(p.holds)}" if p.holds else ""
+        return [Finding(True, f"{best.path} on {p.machine} is a container's file system, as docker export "
+                              f"writes it{holding}{_packing(best)}.")]
+    still_reading(found, p.machine)
+    if exported:
+        lacks = [path for path in p.holds if path not in exported[0].holds]
+        return [Finding(False, f"{exported[0].path} on {p.machine} is a file system, but it lacks "
+                               f"{', '.join(lacks)}: export {source} again once {lacks[0]} is in it "
+                               f"(docker export -o FILE {source}).")]
+    saved = [a for a in found if a.configs]
+    if saved:
+        return [Finding(False, f"{saved[0].path} on {p.machine} is a docker save archive (it has manifest.json): "
+                               f"an image's layers and settings, not a container's file system "
+                               f"(docker export -o FILE {source}).")]
+    unfinished = [a for a in found if a.error]
+    if unfinished:
+        return [Finding(False, f"{unfinished[0].path} on {p.machine} is not a whole archive (yet?): "
+                               f"{unfinished[0].error}.")]
+    return [Finding(False, f"There is no export of {'a container' if p.container is None else p.container}'s "
+                           f"file system on {p.machine} yet (docker export -o FILE {source}; "
+                           f"looked in {', '.join(p.places)}).")]
 
 
 class LoadedParams(Params):
@@ -609,3 +872,6 @@ def image_loaded(ctx: Context, p: LoadedParams) -> list[Finding]:
     if source and source != p.machine:
         return [Finding(True, f"{label} is on {p.machine}: the very image from {source}.")]
     return [Finding(True, f"{label} is on {p.machine}.")]
+
+
+from . import layer_checks  # noqa: E402,F401 - registers the layer kinds
