@@ -139,6 +139,7 @@ class ContainerParams(Params):
     running: bool = True
     env: dict[str, str] = {}
     publish: list[int | str] = Field(default=[], description='host ports published to the same container port, or "HOST:CONTAINER"')
+    absent: bool = Field(default=False, description="the container (by name) must be gone")
 
     @field_validator("publish")
     @classmethod
@@ -156,6 +157,8 @@ class ContainerParams(Params):
     def _named(self) -> ContainerParams:
         if self.name is None and self.image is None:
             raise ValueError("give the container's name, or the image its container is created from")
+        if self.absent and (self.name is None or self.image is not None or self.env or self.publish):
+            raise ValueError("absent takes the container's name alone")
         return self
 
 
@@ -223,10 +226,24 @@ def _port_findings(name: str, attrs: dict, publish: list[int | str]) -> list[Fin
     return findings
 
 
+def _gone_finding(ctx: Context, machine: str, name: str) -> Finding:
+    attrs = ctx.container(machine, name)
+    if attrs is None:
+        return Finding(True, f"There is no container {name} on {machine}: it is removed.")
+    state = attrs["State"]
+    if state.get("Running"):
+        return Finding(False, f"{name} is still running: docker rm -f {name} stops and removes it "
+                              f"(or docker stop {name}, then docker rm {name}).")
+    return Finding(False, f"{name} is still there ({state.get('Status', 'stopped')}): a stopped container "
+                          f"stays until it is removed, and keeps its image; docker rm {name}.")
+
+
 @kind("container", ContainerParams)
 def container(ctx: Context, p: ContainerParams) -> list[Finding]:
     """A container exists (by name, or any created from `image`), was created from `image`,
-    is running, has environment variables and publishes ports."""
+    is running, has environment variables and publishes ports; or, `absent`, is gone."""
+    if p.absent:
+        return [_gone_finding(ctx, p.machine, p.name or "")]
     expected = resolve(ctx, p.image, p.machine) if p.image is not None else None
     if p.name is not None:
         attrs = ctx.container(p.machine, p.name)
@@ -503,13 +520,17 @@ class ImageParams(Params):
     imported: bool = Field(default=False, description="made by docker import: one layer, history says Imported")
     cmd: list[str] | None = Field(default=None, description="the image's CMD, exec form; the shell form counts")
     env: dict[str, str] = Field(default={}, description="environment variables the image sets")
+    built_on: str | None = Field(default=None, description="an image whose layers are this one's first layers")
+    absent: bool = Field(default=False, description="the image (by name) must be gone")
 
     @model_validator(mode="after")
     def _one_way(self) -> ImageParams:
         if (self.name is None) == (self.committed_from is None):
             raise ValueError("give either name or committed_from")
-        if self.name is None and (self.imported or self.cmd is not None or self.env):
-            raise ValueError("imported, cmd and env are checked on an image given by name")
+        if self.name is None and (self.imported or self.cmd is not None or self.env or self.built_on or self.absent):
+            raise ValueError("imported, cmd, env, built_on and absent are checked on an image given by name")
+        if self.absent and (self.imported or self.cmd is not None or self.env or self.built_on or self.tagged):
+            raise ValueError("absent takes the image's name alone")
         return self
 
 
@@ -563,16 +584,70 @@ def _image_env_findings(label: str, attrs: dict, env: dict[str, str]) -> list[Fi
     return findings
 
 
+def users(ctx: Context, machine: str, image_id: str) -> list[dict]:
+    """The containers (running or not) created from the image: they keep it from removal."""
+    return [c for c in ctx.containers(machine) if c["Image"] == image_id]
+
+
+def _still_there_finding(ctx: Context, machine: str, label: str, attrs: dict) -> Finding:
+    """An image asked to be gone is there: what holds it, and how to remove it."""
+    others = [t for t in attrs.get("RepoTags") or [] if t != label and t != "<none>:<none>"]
+    if others:
+        return Finding(False, f"{label} is still there: docker rmi {label} removes this name (the image keeps "
+                              f"its other name, {others[0]}).")
+    using = users(ctx, machine, attrs["Id"])
+    if not using:
+        return Finding(False, f"{label} is still there: docker rmi {label} (or docker image rm {label}) removes it.")
+    names = [c["Name"].lstrip("/") for c in using]
+    running = [c["Name"].lstrip("/") for c in using if c["State"].get("Running")]
+    which = f"a container ({names[0]})" if len(names) == 1 else f"containers ({', '.join(names[:4])})"
+    first = f"docker rm -f {' '.join(running)}" if running else f"docker rm {' '.join(names[:4])}"
+    return Finding(False, f"{label} is still there: {which} {'uses' if len(names) == 1 else 'use'} it, "
+                          f"and docker refuses to remove an image a container uses, even a stopped one; "
+                          f"remove the container first ({first}), or docker rmi -f {label}.")
+
+
+def _built_on_finding(ctx: Context, machine: str, label: str, attrs: dict, base: str) -> Finding:
+    """The base's layers are this image's first layers (docker image inspect: RootFS.Layers)."""
+    found = find_image(ctx, machine, base)
+    if found is None:
+        return Finding(False, f"There is no image {base} on {machine} to compare {label}'s layers with "
+                              f"(docker pull {base}).")
+    own = (attrs.get("RootFS") or {}).get("Layers") or []
+    under = (found[0].get("RootFS") or {}).get("Layers") or []
+    if under and own[:len(under)] == under:
+        count = "its layer" if len(under) == 1 else f"its {len(under)} layers"
+        return Finding(True, f"{label} is built on {found[1]}: it shares {count}, stored once, and adds "
+                             f"{len(own) - len(under)} of its own (RootFS.Layers in docker image inspect).")
+    return Finding(False, f"{label} does not start with {found[1]}'s layers: it is not built on it.")
+
+
+def remember_images(ctx: Context, machine: str, images: list[dict]) -> None:
+    """Images seen on a machine stay known for the session, with a name to speak of them,
+    so that a check can tell images removed from images never pulled."""
+    key = ctx.machine(machine).container_id
+    for attrs in images:
+        ctx.facts.remember("images seen", key, f"{attrs['Id']} {image_label(attrs)}")
+
+
 @kind("image", ImageParams)
 def image(ctx: Context, p: ImageParams) -> list[Finding]:
     """An image exists (by name, any tag when none is asked), or one was committed from a
-    container (named or not); one made by docker import, with a CMD and environment."""
+    container (named or not); one made by docker import, with a CMD and environment; one
+    built on another (sharing its layers); or, `absent`, the image is gone."""
     if p.name is not None:
         found = find_image(ctx, p.machine, p.name)
+        if p.absent:
+            if found is None:
+                return [Finding(True, f"There is no image {p.name} on {p.machine} any more.")]
+            return [_still_there_finding(ctx, p.machine, found[1], found[0])]
         if found is None:
             return [Finding(False, f"There is no image {p.name} on {p.machine}.")]
         attrs, label = found
+        remember_images(ctx, p.machine, [attrs])
         findings = [Finding(True, f"{label} is listed by docker images on {p.machine}.")]
+        if p.built_on is not None:
+            findings.append(_built_on_finding(ctx, p.machine, label, attrs, p.built_on))
         if p.imported:
             findings.append(_imported_finding(ctx, p.machine, p.name, label, attrs))
         if p.cmd is not None:
@@ -595,6 +670,38 @@ def image(ctx: Context, p: ImageParams) -> list[Finding]:
                 Finding(True, unnamed + " names it; its ID works wherever a name does.", tip=True)]
     best = tagged[0]
     return [Finding(True, f"{image_label(best)} was committed from {p.committed_from} and is listed by docker images.")]
+
+
+class PrunedParams(Params):
+    machine: str
+
+
+@kind("images_pruned", PrunedParams)
+def images_pruned(ctx: Context, p: PrunedParams) -> list[Finding]:
+    """No image is left that no container uses (what docker image prune -a removes), and
+    some image seen on the machine earlier in the session is gone: pruned, not never pulled."""
+    images = ctx.images(p.machine)
+    key = ctx.machine(p.machine).container_id
+    seen = dict(value.split(" ", 1) for value in ctx.facts.recall("images seen", key))
+    remember_images(ctx, p.machine, images)
+    unused = [attrs for attrs in images if not users(ctx, p.machine, attrs["Id"])]
+    if unused:
+        labels = [image_label(attrs) if image_label(attrs) != short(attrs["Id"]) else f"{short(attrs['Id'])} (<none>)"
+                  for attrs in unused]
+        some = ", ".join(labels[:4]) + (f" and {len(labels) - 4} more" if len(labels) > 4 else "")
+        verb = "is" if len(labels) == 1 else "are"
+        return [Finding(False, f"{some} {verb} on {p.machine} and no container uses "
+                               f"{'it' if len(labels) == 1 else 'them'}: docker image prune -a removes every "
+                               f"such image (docker image prune alone only removes the untagged ones).")]
+    present = {attrs["Id"] for attrs in images}
+    gone = [label for image_id, label in seen.items() if image_id not in present]
+    if not gone:
+        if not seen:
+            return [Finding(False, f"No image has been on {p.machine} yet, so there is nothing to prune (docker pull first).")]
+        return [Finding(False, f"Every image {p.machine} had is still there, each used by a container.")]
+    kept = f"; {len(images)} kept, used by containers" if images else ""
+    return [Finding(True, f"No image on {p.machine} is left unused: {', '.join(sorted(gone)[:4])} "
+                          f"{'is' if len(gone) == 1 else 'are'} gone{kept}.")]
 
 
 ARCHIVE_PLACES = ["/root", "/home", "/tmp", "/var/tmp", "/srv", "/opt"]

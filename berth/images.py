@@ -39,6 +39,11 @@ BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASE_DOCKERFILE = """FROM {layer}
 CMD ["bash"]
 """
+# Images lessons pull besides the base image, built here from lesson-images/ on the base
+# image lessons use (so that they share its layers, as images built on one base do), and
+# named under berthlab/: not an official image's name, and a Docker Hub style name, which
+# the registry mirror serves.
+LESSON_IMAGES = {"berthlab/hello:1": "lesson-images/hello"}
 
 
 def split_reference(image: str) -> tuple[str, str]:
@@ -215,8 +220,10 @@ class Setup:
             return DEBIAN_BASE
         raise SystemExit(f"berth: BERTH_BASE_IMAGE={image} is neither present nor pullable")
 
-    def build(self, folder: Path, tag: str) -> None:
-        base_id = self.client.images.get(DEBIAN_BASE).id
+    def build(self, folder: Path, tag: str, base: str = DEBIAN_BASE) -> None:
+        """Build `tag` from `folder` FROM `base`; skipped when the image there was built from
+        the same files on the same base (its source label)."""
+        base_id = self.client.images.get(base).id
         wanted = source_hash(folder, base_id)
         try:
             if self.client.images.get(tag).labels.get(LABEL_SOURCE) == wanted:
@@ -224,7 +231,7 @@ class Setup:
         except docker.errors.ImageNotFound:
             pass
         _say(f"building {tag} from {folder.relative_to(PROJECT_DIR)}/ (a minute or two the first time) ...")
-        for chunk in self.client.api.build(path=str(folder), tag=tag, buildargs={"BASE": DEBIAN_BASE},
+        for chunk in self.client.api.build(path=str(folder), tag=tag, buildargs={"BASE": base},
                                            labels={LABEL_SOURCE: wanted}, rm=True, forcerm=True,
                                            decode=True):
             if "error" in chunk:
@@ -240,6 +247,8 @@ class Setup:
         self.build(PROJECT_DIR / "machine", self.config.machine_image)
         if self.config.mirror_image:
             self.build(PROJECT_DIR / "mirror", self.config.mirror_image)
+        for tag, folder in LESSON_IMAGES.items():
+            self.build(PROJECT_DIR / folder, tag, base)
         return base
 
 
