@@ -584,6 +584,14 @@ def _image_env_findings(label: str, attrs: dict, env: dict[str, str]) -> list[Fi
     return findings
 
 
+def normal_name(name: str) -> str:
+    """An image name as docker lists it: 'docker.io/library/debian' -> 'debian:latest'."""
+    for prefix in ("docker.io/", "index.docker.io/"):
+        name = name.removeprefix(prefix)
+    name = name.removeprefix("library/")
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
 def users(ctx: Context, machine: str, image_id: str) -> list[dict]:
     """The containers (running or not) created from the image: they keep it from removal."""
     return [c for c in ctx.containers(machine) if c["Image"] == image_id]
@@ -591,7 +599,7 @@ def users(ctx: Context, machine: str, image_id: str) -> list[dict]:
 
 def _still_there_finding(ctx: Context, machine: str, label: str, attrs: dict) -> Finding:
     """An image asked to be gone is there: what holds it, and how to remove it."""
-    others = [t for t in attrs.get("RepoTags") or [] if t != label and t != "<none>:<none>"]
+    others = [t for t in attrs.get("RepoTags") or [] if normal_name(t) != normal_name(label) and t != "<none>:<none>"]
     if others:
         return Finding(False, f"{label} is still there: docker rmi {label} removes this name (the image keeps "
                               f"its other name, {others[0]}).")
@@ -601,10 +609,14 @@ def _still_there_finding(ctx: Context, machine: str, label: str, attrs: dict) ->
     names = [c["Name"].lstrip("/") for c in using]
     running = [c["Name"].lstrip("/") for c in using if c["State"].get("Running")]
     which = f"a container ({names[0]})" if len(names) == 1 else f"containers ({', '.join(names[:4])})"
-    first = f"docker rm -f {' '.join(running)}" if running else f"docker rm {' '.join(names[:4])}"
-    return Finding(False, f"{label} is still there: {which} {'uses' if len(names) == 1 else 'use'} it, "
-                          f"and docker refuses to remove an image a container uses, even a stopped one; "
-                          f"remove the container first ({first}), or docker rmi -f {label}.")
+    uses = "uses" if len(names) == 1 else "use"
+    if running:
+        return Finding(False, f"{label} is still there: {which} {uses} it, running, and docker refuses to remove "
+                              f"an image a running container uses (docker rmi -f removes only its name); stop and "
+                              f"remove the container first (docker rm -f {' '.join(running)}), then docker rmi {label}.")
+    return Finding(False, f"{label} is still there: {which} {uses} it, and docker refuses to remove an image a "
+                          f"container uses, even a stopped one; remove the container first "
+                          f"(docker rm {' '.join(names[:4])}), or docker rmi -f {label}.")
 
 
 def _built_on_finding(ctx: Context, machine: str, label: str, attrs: dict, base: str) -> Finding:

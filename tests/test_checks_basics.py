@@ -75,9 +75,9 @@ def test_an_image_that_must_be_gone(lab):
     expect(lab.check("image", machine="workstation", name="nope:1", absent=True),
            (True, "There is no image nope:1 on workstation any more."))
     expect(lab.check("image", machine="workstation", name=lab.base, absent=True),
-           (False, f"{lab.base} is still there: a container (keeper) uses it, and docker refuses to remove an image "
-                   f"a container uses, even a stopped one; remove the container first (docker rm -f keeper), "
-                   f"or docker rmi -f {lab.base}."))
+           (False, f"{lab.base} is still there: a container (keeper) uses it, running, and docker refuses to remove "
+                   f"an image a running container uses (docker rmi -f removes only its name); stop and remove the "
+                   f"container first (docker rm -f keeper), then docker rmi {lab.base}."))
     expect(lab.check("image", machine="workstation", name="other", absent=True),
            (False, "other is still there: docker rmi other (or docker image rm other) removes it."))
     expect(lab.check("image", machine="workstation", name="hello-copy:2", absent=True),
@@ -97,7 +97,7 @@ def test_a_container_that_must_be_gone(lab):
 
 def test_removed_refused_forced_and_pruned(lab):
     """The lesson's path with its wrong turns: docker refuses while hello1 uses the image;
-    -f removes the name and leaves the image to hello1; prune -a leaves what containers use."""
+    -f overrides a stopped container, not a running one; prune -a leaves what containers use."""
     untagged = lab.run("workstation", "docker rmi hello-copy:2")  # another name: only the name goes
     assert "Untagged: hello-copy:2" in untagged and "Deleted" not in untagged, untagged
     refused = lab.run("workstation", f"docker image rm {HELLO} 2>&1 || true")
@@ -107,15 +107,18 @@ def test_removed_refused_forced_and_pruned(lab):
                    f"container uses, even a stopped one; remove the container first (docker rm hello1), "
                    f"or docker rmi -f {HELLO}."))
     expect(lab.check("images_pruned", machine="workstation"),
-           (False, "other is on workstation and no container uses it: docker image prune -a removes every such image"))
-    lab.run("workstation", f"docker rmi -f {HELLO}")
+           (False, "other:latest is on workstation and no container uses it: docker image prune -a removes every such image"))
+    forced = lab.run("workstation", f"docker rmi -f {lab.base}")  # keeper runs: the name goes, the image stays
+    assert "Untagged: " in forced and "Deleted" not in forced, forced
+    lab.run("workstation", f"docker rmi -f {HELLO}")  # hello1 has stopped: -f deletes it anyway
     expect(lab.check("image", machine="workstation", name=HELLO, absent=True),
            (True, f"There is no image {HELLO} on workstation any more."))
     lab.run("workstation", "docker image prune -f")  # dangling ones only: other has a name
-    expect(lab.check("images_pruned", machine="workstation"), (False, "other is on workstation and no container"))
+    expect(lab.check("images_pruned", machine="workstation"), (False, "other:latest is on workstation and no container"))
     lab.run("workstation", "docker image prune -a -f")
     expect(lab.check("images_pruned", machine="workstation"),
-           (True, "No image on workstation is left unused: other:latest is gone; 2 kept, used by containers."))
+           (True, "No image on workstation is left unused: berthlab/hello:1, other:latest are gone; 1 kept, used by "
+                  "containers."))
     lab.run("workstation", "docker rm -f hello1 keeper && docker image prune -a -f")
     expect(lab.check("images_pruned", machine="workstation"), (True, "No image on workstation is left unused: "))
     assert lab.run("workstation", "docker images -q").strip() == ""
