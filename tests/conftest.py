@@ -97,7 +97,11 @@ class BerthServer:
             if self.process and self.process.poll() is not None:
                 raise RuntimeError(f"Berth exited ({self.process.returncode}):\n{self.log_tail()}")
             try:
-                response = requests.get(self.url + "/healthz", timeout=5)
+                try:  # the operator's view, which says why Berth is not healthy
+                    headers = {"Authorization": f"Bearer {self.instructor_token}"}
+                except FileNotFoundError:  # no instructor token made yet
+                    headers = {}
+                response = requests.get(self.url + "/healthz", headers=headers, timeout=5)
                 last = response.json()
                 if response.status_code == 200:
                     return last
@@ -150,7 +154,7 @@ class BerthServer:
         return self.get("/healthz", self.instructor_token)
 
     def get(self, path: str, token: str | None = None, **kwargs) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         return requests.get(self.url + path, headers=headers, timeout=60, **kwargs)
 
     def delete_session(self, session: dict) -> requests.Response:

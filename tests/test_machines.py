@@ -187,7 +187,8 @@ def test_restart_adopts_running_sessions(engine, tmp_path):
 
 
 def test_delete_and_reaper_leave_nothing_behind(engine, tmp_path):
-    berth = BerthServer(tmp_path / "reaper", {"BERTH_SESSION_TTL": "6s", "BERTH_REAP_INTERVAL": "1s"}).start()
+    # long enough a life that a loaded host still creates and deletes the first session within it
+    berth = BerthServer(tmp_path / "reaper", {"BERTH_SESSION_TTL": "20s", "BERTH_REAP_INTERVAL": "1s"}).start()
     try:
         deleted = berth.create_session()
         assert berth.delete_session(deleted).status_code == 204
@@ -198,7 +199,7 @@ def test_delete_and_reaper_leave_nothing_behind(engine, tmp_path):
         # leftovers of a session Berth does not know (say, after its data folder was lost)
         engine.volumes.create("berth-orphan-test", labels={"berth.instance": berth.instance_id,
                                                             "berth.session": "0rphan", "berth.role": "disk"})
-        wait_until(lambda: not [n for n in labelled(engine, berth.instance_id) if "mirror" not in n], 30,
+        wait_until(lambda: not [n for n in labelled(engine, berth.instance_id) if "mirror" not in n], 60,
                    lambda: labelled(engine, berth.instance_id), interval=0.5)
         assert berth.get(f"/api/sessions/{expiring['id']}", expiring["token"]).status_code == 404
     finally:
