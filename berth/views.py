@@ -101,7 +101,7 @@ def engine_picture(session_id: str, machine_name: str):
     berth = current_berth()
     machine = berth.sessions.machine(record.id, machine_name)
     found = engine_view.picture(berth.backend.engine(machine), machine.name)
-    return jsonify(found, checked_at=iso(time.time()))
+    return jsonify({**found, "checked_at": iso(time.time())})
 
 
 @pages.get("/healthz")
