@@ -153,7 +153,9 @@ def picture(engine: docker.DockerClient, machine: str) -> dict[str, Any]:
         raise MachineError(f"The Docker engine of {machine} does not answer right now; try again in a moment.",
                            str(error)) from None
     mark(images)
-    images.sort(key=lambda image: ([layer["id"] for layer in image["layers"]], image["label"]))
+    # Images on the same base together, fewer layers first (the base before what is built on it).
+    images.sort(key=lambda image: (image["layers"][0]["id"] if image["layers"] else "", len(image["layers"]),
+                                   image["label"]))
     return {"machine": machine, "containers": containers_of(container_list), "images": images,
             "truncated": len(summaries) > MAX_IMAGES or len(container_list) > MAX_CONTAINERS,
             "layers": len({layer["id"] for image in images for layer in image["layers"]})}
