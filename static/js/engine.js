@@ -42,6 +42,7 @@
       el("span", { class: "dot", "aria-label": c.running ? "running" : c.state || "stopped" }),
       el("span", { class: "name", text: c.name }),
       el("span", { class: "image", text: c.image }),
+      c.running ? null : el("span", { class: "state", text: c.state || "stopped" }),
       ports ? el("span", { class: "ports", text: ports }) : null,
     ]);
   }
@@ -51,7 +52,7 @@
     const marks = [];
     if (layer.yours) marks.push(el("span", { class: "mark yours", text: "yours" }));
     if (layer.shared) marks.push(el("span", { class: "mark shared", text: `shared ×${layer.shared_with.length + 1}` }));
-    const what = layer.created_by || "(no history)";
+    const what = (layer.yours ? "commit: " : "") + (layer.created_by || layer.comment || "(no history)");
     const title = [what, sizeText(layer.size), layer.id.slice(7, 19),
       layer.shared ? "also in " + layer.shared_with.join(", ") : "only in this image",
       ...(layer.settings || []).map((s) => "then " + s)].join("\n");
@@ -61,8 +62,7 @@
       style: `--layer-hue: ${h}`, title,
     }, [
       el("span", { class: "what", text: what }),
-      el("span", { class: "size", text: sizeText(layer.size) }),
-      ...marks,
+      el("span", { class: "line" }, [el("span", { class: "size", text: sizeText(layer.size) }), ...marks]),
     ]);
   }
 
@@ -95,7 +95,7 @@
     const containers = data.containers || [];
     const family = families(images).map((members) =>
       el("div", { class: "image-family" + (members.length > 1 ? " shares-base" : "") }, members.map(stack)));
-    body.replaceChildren(
+    body.replaceChildren(...[
       el("h3", { text: `Containers on ${data.machine}` }),
       containers.length ? el("ul", { class: "engine-containers" }, containers.map(containerRow))
         : el("p", { class: "muted", text: "No containers yet." }),
@@ -105,7 +105,7 @@
       images.length ? el("div", { class: "image-families" }, family)
         : el("p", { class: "muted", text: "No images yet." }),
       data.truncated ? el("p", { class: "muted", text: "Only the newest images and containers are shown." }) : null,
-    );
+    ].filter(Boolean));
   }
 
   function start(page) {
