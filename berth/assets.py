@@ -18,7 +18,7 @@ VENDOR_JS = (
     "socket.io-client/dist/socket.io.min.js",
 )
 # Berth's scripts; lesson.js wires the ones before it into the page, workshop.js adds to it.
-BERTH_JS = ("js/terminal.js", "js/tasks.js", "js/preview.js", "js/lesson.js", "js/workshop.js")
+BERTH_JS = ("js/terminal.js", "js/tasks.js", "js/preview.js", "js/engine.js", "js/lesson.js", "js/workshop.js")
 INSTRUCTOR_JS = ("js/watch.js", "js/instructor.js")  # the workshop dashboard
 CSS = ("@xterm/xterm/css/xterm.css", "css/berth.css", "css/workshops.css")
 

@@ -18,7 +18,7 @@ import requests.exceptions
 
 from .check_framework import OWN_EXEC_MARK, CheckRunner, Context, Facts
 from .config import Config
-from .events import Bus, LearnerActivity, MachinesChanged, TasksChanged
+from .events import Bus, EngineChanged, LearnerActivity, MachinesChanged, TasksChanged
 from .lessons import Lesson, Library
 from .machines import Machine, MachineBackend, MachineError
 from .store import SessionRecord, Store, TaskResult, iso
@@ -30,6 +30,11 @@ SYNC_EVERY = 1.0  # seconds between looks at sessions and machine states in the 
 ENTER_DELAYS = (1.0, 3.0)  # after Enter, look again: a command in a container's shell sends no prompt mark
 # Engine events that change nothing a check looks at (reads); the checks cause these too.
 QUIET_ACTIONS = {"archive-path", "top", "resize", "export"}
+# Engine events that change what the engine view shows (EngineChanged), and how long a
+# burst of them (a build: a container and an image per step) is gathered into one.
+VIEW_CONTAINER_ACTIONS = {"create", "start", "die", "destroy", "rename", "pause", "unpause", "commit"}
+VIEW_IMAGE_SKIP = {"save", "push"}
+ENGINE_GATHER = 0.4
 
 
 class StoredFacts(Facts):
@@ -81,6 +86,7 @@ class Checker:
         self._rounds = ThreadPoolExecutor(max_workers=8, thread_name_prefix="checker")
         self._later: list[tuple[float, str]] = []
         self._machine_states: dict[str, list] = {}
+        self._engine_due: dict[tuple[str, str], float] = {}  # (session, machine): when to say EngineChanged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -226,12 +232,28 @@ class Checker:
                         break
                     if not self.caused_by_checks(watch, event):
                         self.request(watch.session_id)
+                    if changes_view(event):
+                        self._engine_changed(watch.session_id, name)
             except (MachineError, docker.errors.DockerException, requests.exceptions.RequestException, OSError) as error:
                 log.debug("events of %s/%s: %s", watch.session_id, name, error)
             failures += 1
             if self._stop.wait(min(10, 0.5 * failures)):
                 return
             self._refresh_machines(watch)
+
+    def _engine_changed(self, session_id: str, machine: str) -> None:
+        """Say EngineChanged soon, once for a burst (published by the timer)."""
+        with self._lock:
+            self._engine_due.setdefault((session_id, machine), time.monotonic() + ENGINE_GATHER)
+
+    def _say_engine_changes(self, now: float) -> None:
+        with self._lock:
+            due = [key for key, at in self._engine_due.items() if at <= now]
+            for key in due:
+                del self._engine_due[key]
+        for session_id, machine in due:
+            if session_id in self._watches:
+                self.bus.publish(EngineChanged(session_id, machine))
 
     def _refresh_machines(self, watch: Watch) -> None:
         try:
@@ -315,6 +337,7 @@ class Checker:
                         due.append(heapq.heappop(self._later)[1])
                 for session_id in dict.fromkeys(due):
                     self.request(session_id)
+                self._say_engine_changes(now)
                 interval = self.config.check_interval
                 for watch in list(self._watches.values()):
                     if now - watch.last_round >= interval and not watch.running:
@@ -339,6 +362,14 @@ class Checker:
                 self.bus.publish(MachinesChanged(session_id, states))
             if session_id not in self._watches and record.machines and all(m.status == "ready" for m in record.machines):
                 self.watch(session_id)
+
+
+def changes_view(event: dict) -> bool:
+    """Whether an engine event changes the engine view's images or containers."""
+    kind, action = event.get("Type") or "", (event.get("Action") or event.get("status") or "").split(":")[0]
+    if kind == "image":
+        return action not in VIEW_IMAGE_SKIP
+    return kind == "container" and action in VIEW_CONTAINER_ACTIONS
 
 
 def machine_states(record: SessionRecord | None) -> list[dict[str, str]]:

@@ -54,6 +54,15 @@ class TasksChanged(Event):
 
 
 @dataclass(frozen=True)
+class EngineChanged(Event):
+    """A machine's own Docker engine changed what the engine view shows: an image pulled,
+    built, committed, tagged or removed, a container created, started, stopped or removed.
+    Bursts (a build) come as one event about every half second."""
+
+    machine: str = ""
+
+
+@dataclass(frozen=True)
 class LearnerActivity(Event):
     """The learner did something in a machine: pressed Enter, a command returned to the
     prompt, or files were put into it."""

@@ -2,7 +2,8 @@
 subscriber of the bus that forwards events to the pages' rooms.
 
 - `/session` (auth {session, token}): the page joins its session's room and is sent
-  `tasks` and `machines` at once and whenever the bus says they changed; in a workshop,
+  `tasks` and `machines` at once and whenever the bus says they changed, `engine`
+  ({machine}) when a machine's engine changed its images or containers; in a workshop,
   also the instructor's `notice` and `help` (a raised hand, or none).
 - `/terminal` (auth {session, token, machine[, shell, cols, rows, epoch, offset, mode]}):
   in: input, resize, ack; out: attached, output, notice, ended, and `size` for a watcher
@@ -23,6 +24,7 @@ from flask_socketio import ConnectionRefusedError, Namespace, SocketIO, emit, jo
 
 from .events import (
     Bus,
+    EngineChanged,
     HandChanged,
     LearnerChanged,
     MachinesChanged,
@@ -62,6 +64,7 @@ def relay(bus: Bus, server: SocketIO = socketio) -> None:
 
     bus.subscribe(TasksChanged, lambda event: to_session("tasks", event.tasks, event.session_id))
     bus.subscribe(MachinesChanged, lambda event: to_session("machines", event.machines, event.session_id))
+    bus.subscribe(EngineChanged, lambda event: to_session("engine", {"machine": event.machine}, event.session_id))
     bus.subscribe(NoticeSent, lambda event: to_session("notice", {"message": event.message, "at": event.at},
                                                        event.session_id))
     bus.subscribe(HandChanged, lambda event: to_session("help", {"help": event.help}, event.session_id))

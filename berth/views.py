@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from flask import Blueprint, Flask, abort, jsonify, make_response, redirect, render_template, request, url_for
 from pydantic import Field
 
+from . import engine_view
 from .machines import EngineUnavailable
 from .sessions import SessionError
 from .store import SessionRecord, iso
@@ -89,6 +91,17 @@ def delete_session(session_id: str):
     response = make_response("", 204)
     response.delete_cookie(cookie_name(record.lesson), path="/")
     return response
+
+
+@api.get("/sessions/<session_id>/machines/<machine_name>/engine")
+def engine_picture(session_id: str, machine_name: str):
+    """The machine engine's containers and images with their layers (the page's Engine
+    panel); the page asks again when the `engine` event says the engine changed."""
+    record = authenticated(session_id)
+    berth = current_berth()
+    machine = berth.sessions.machine(record.id, machine_name)
+    found = engine_view.picture(berth.backend.engine(machine), machine.name)
+    return jsonify({**found, "checked_at": iso(time.time())})
 
 
 @pages.get("/healthz")

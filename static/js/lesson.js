@@ -129,5 +129,6 @@
   }
   if (window.BerthTasks) window.BerthTasks.start(page);
   if (window.BerthPreview) window.BerthPreview.start(page);
+  if (window.BerthEngine) window.BerthEngine.start(page);
   activate(page.machines[0]);
 })();
