@@ -9,6 +9,8 @@ import logging
 import time
 from pathlib import Path
 
+from werkzeug.middleware.proxy_fix import ProxyFix
+
 from .config import Config
 from .machines import MachineBackend
 from .root import Berth
@@ -19,14 +21,17 @@ __all__ = ["Berth", "create_app", "socketio"]
 
 
 class RefuseMachines:
-    """WSGI middleware: 403 for any request from a learner machine's network."""
+    """WSGI middleware: 403 for any request from a learner machine's network, whether it
+    comes straight (the connection's address) or through the proxy (X-Forwarded-For, when
+    BERTH_BEHIND_PROXY trusts it): a machine cannot hide behind a header it sends itself."""
 
     def __init__(self, wsgi_app, berth: Berth):
         self.wsgi_app = wsgi_app
         self.berth = berth
 
     def __call__(self, environ, start_response):
-        if self.berth.from_machine(environ.get("REMOTE_ADDR")):
+        peer = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR")
+        if self.berth.from_machine(environ.get("REMOTE_ADDR")) or self.berth.from_machine(peer):
             body = json.dumps({"error": "from_machine", "message": "Learner machines cannot use Berth."}).encode()
             start_response("403 FORBIDDEN", [("Content-Type", "application/json"),
                                              ("Content-Length", str(len(body)))])
@@ -58,6 +63,8 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
     # Outermost, so that it also covers Socket.IO: learner machines may not use Berth
     # itself, even where it listens on an address their network routes to.
     app.wsgi_app = RefuseMachines(app.wsgi_app, berth)  # type: ignore[method-assign]
+    if config.behind_proxy:  # one proxy in front: its X-Forwarded-* say who and where the client is
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
     if start:
         berth.start()
     app.config["BERTH_STARTED_AT"] = time.time()

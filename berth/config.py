@@ -35,6 +35,23 @@ def parse_duration(text: str) -> int:
     return int(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
+def parse_bool(text: str) -> bool:
+    """'1', 'true', 'yes', 'on' -> True; '0', 'false', 'no', 'off', '' -> False."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a yes or no: {text!r} (use 1 or 0)")
+
+
+def parse_threads(text: str) -> int:
+    number = int(text)
+    if not 4 <= number <= 1000:
+        raise ValueError("use between 4 and 1000 threads")
+    return number
+
+
 def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -50,6 +67,11 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("BERTH_HOST", "127.0.0.1", "Address the web server listens on; 0.0.0.0 for a classroom server."),
     Setting("BERTH_PORT", "5000", "Port the web server listens on.", int),
+    Setting("BERTH_THREADS", "100", "Most requests and WebSockets served at once (each open terminal holds one thread; docs/deploy.md sizes it for a class).", parse_threads),
+    Setting("BERTH_CLIENT_TIMEOUT", "30s", "A client that has not sent a whole request head in this long is dropped (slow or stalled clients).", parse_duration),
+    Setting("BERTH_BEHIND_PROXY", "0", "1: Berth sits behind one reverse proxy and trusts its X-Forwarded-For, -Proto and -Host headers (docs/deploy.md); 0: they are ignored.", parse_bool),
+    Setting("BERTH_KEEP_ON_STOP", "0", "1: stopping Berth leaves sessions' machines, networks, disks and the mirror running, and the next start takes them over; 0: stopping removes them.", parse_bool),
+    Setting("BERTH_DEBUG", "0", "1: serve on Werkzeug's development server (one thread per connection, no timeouts) instead of gunicorn; for working on Berth only.", parse_bool),
     Setting("BERTH_DATA_DIR", "instance", "Where the progress store (SQLite), keys and certificates live; relative to the project folder.", str),
     Setting("BERTH_LESSONS_DIR", "lessons", "Folder of lessons, one sub-folder each; relative to the project folder.", str),
     Setting("BERTH_BASE_IMAGE", "ubuntu:latest", "The base image lessons use (what the learner runs). `./run` sets debian:bookworm when no registry answers.", str),
@@ -86,6 +108,11 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 5000
+    threads: int = 100
+    client_timeout: int = 30
+    behind_proxy: bool = False
+    keep_on_stop: bool = False
+    debug: bool = False
     data_dir: Path = PROJECT_DIR / "instance"
     lessons_dir: Path = PROJECT_DIR / "lessons"
     base_image: str = "ubuntu:latest"
@@ -128,6 +155,8 @@ class Config:
             if key in ("data_dir", "lessons_dir"):
                 value = (PROJECT_DIR / str(value)).resolve()
             values[key] = value
+        if values["client_timeout"] < 1:  # type: ignore[operator]
+            raise ConfigError("BERTH_CLIENT_TIMEOUT: use at least 1s")
         if values["machine_disk"]:
             try:
                 parse_size(str(values["machine_disk"]))

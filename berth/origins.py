@@ -6,9 +6,10 @@ from __future__ import annotations
 
 
 def own_origin(environ: dict) -> str:
-    scheme = environ.get("HTTP_X_FORWARDED_PROTO", environ.get("wsgi.url_scheme", "http")).split(",")[0].strip()
-    host = environ.get("HTTP_X_FORWARDED_HOST", environ.get("HTTP_HOST", "")).split(",")[0].strip()
-    return f"{scheme}://{host}"
+    """Berth's origin as this request reached it. Behind a proxy (BERTH_BEHIND_PROXY),
+    ProxyFix has already put the proxy's X-Forwarded-Proto and -Host here; otherwise
+    those headers are anyone's to send and count for nothing."""
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
 
 
 class OriginPolicy:

@@ -23,6 +23,7 @@ from berth.config import PROJECT_DIR, Config
 from berth.machines import remove_instance
 
 READY_TIMEOUT = 120
+STOP_WAIT = 30  # seconds a stopping Berth may take: it ends its sessions and removes their machines
 __all__ = ["BerthServer", "remove_instance"]  # remove_instance: for the tests that import it from here
 
 # Debian's Chromium, headless as root: no sandbox, and no background connections, which
@@ -109,7 +110,7 @@ class BerthServer:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(10)
+                self.process.wait(STOP_WAIT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
