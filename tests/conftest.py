@@ -23,8 +23,11 @@ from berth.config import PROJECT_DIR, Config
 from berth.machines import remove_instance
 
 READY_TIMEOUT = 120
+# Berth removes its machines when it stops; a test that restarts it and expects the
+# learner's machines and shells back keeps them, as an operator would for a restart.
+KEEP = {"BERTH_KEEP_ON_STOP": "1"}
 STOP_WAIT = 30  # seconds a stopping Berth may take: it ends its sessions and removes their machines
-__all__ = ["BerthServer", "remove_instance"]  # remove_instance: for the tests that import it from here
+__all__ = ["KEEP", "BerthServer", "remove_instance"]  # remove_instance: for the tests that import it from here
 
 # Debian's Chromium, headless as root: no sandbox, and no background connections, which
 # this machine's closed network refuses and Chromium then waits on.

@@ -20,7 +20,7 @@ from berth.sessions import hash_token
 from berth.sockets import TERMINAL as NAMESPACE
 from berth.store import MachineRecord, SessionRecord
 
-from .conftest import BerthServer, in_machine, remove_instance, wait_until_ready
+from .conftest import KEEP, BerthServer, in_machine, remove_instance, wait_until_ready
 from .terminal_client import Refused, TerminalClient
 
 PROMPT = re.compile(rb"\x1b\]7771;prompt\x07")
@@ -530,7 +530,7 @@ def test_an_idle_terminal_stays_up(server, lesson_session):
 @pytest.mark.engine
 def test_a_server_restart_keeps_the_shell(engine, tmp_path):
     """Berth restarts: the page reconnects to the same bash, with its directory and jobs."""
-    berth = BerthServer(tmp_path / "restart").start()
+    berth = BerthServer(tmp_path / "restart", KEEP).start()
     try:
         session = berth.create_session()
         term = Remote(berth.url, remote_auth(session))
