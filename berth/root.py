@@ -158,6 +158,8 @@ class Berth:
                 self.prepare()
                 break
             except MachineError as error:
+                if self._stop.is_set():
+                    return  # stopped while preparing: what failed is being removed anyway
                 self.state, self.problem = "failed", error.message
                 log.error("not ready: %s %s", error.message, error.detail)
             if self._stop.wait(5):

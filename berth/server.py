@@ -51,6 +51,18 @@ def die_with_parent() -> None:
         pass  # not Linux: the worker still notices its parent is gone within a second
 
 
+class SlowClientNote(logging.Filter):
+    """gunicorn logs a client dropped at the request-head deadline as a socket error with
+    its traceback; one line says it (a stalled client is no fault of Berth's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TimeoutError):
+            record.msg, record.args = "dropped a client that sent no whole request in time (BERTH_CLIENT_TIMEOUT)", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 class BerthWorker(ThreadWorker):
     """gunicorn's gthread worker, with Berth's way of stopping and a deadline on reading a
     request's head (a client sending half a request is dropped, not waited for)."""
@@ -63,6 +75,7 @@ class BerthWorker(ThreadWorker):
         self._serving_lock = threading.Lock()
 
     def init_process(self) -> None:
+        self.log.error_log.addFilter(SlowClientNote())
         die_with_parent()
         if os.getppid() != self.ppid:  # the master died before the line above
             os._exit(0)
