@@ -125,6 +125,12 @@ class BerthServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     @property
+    def serving_pid(self) -> int:
+        """The process that serves and holds Berth's memory: gunicorn's worker (it holds the
+        data folder's lock and wrote its pid there), not the master that `process` is."""
+        return int((self.data_dir / "berth.lock").read_text().split()[0])
+
+    @property
     def instance_id(self) -> str:
         db = sqlite3.connect(self.data_dir / "berth.sqlite3")
         try:

@@ -36,11 +36,6 @@ def shell(berth: BerthServer, session: dict) -> TerminalClient:
     return term
 
 
-def worker_pid(berth: BerthServer) -> int:
-    """The worker process that serves (it holds the data folder's lock, and wrote its pid there)."""
-    return int((berth.data_dir / "berth.lock").read_text().split()[0])
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -60,7 +55,7 @@ def test_sigterm_ends_sessions_and_removes_everything(engine, tmp_path):
         session = berth.create_session()
         term = shell(berth, session)
         assert labelled(engine, berth.instance_id, "machine") and labelled(engine, berth.instance_id, "mirror")
-        worker = worker_pid(berth)
+        worker = berth.serving_pid
         started = time.monotonic()
         berth.process.send_signal(signal.SIGTERM)
         code = berth.process.wait(30)
@@ -99,7 +94,7 @@ def test_clean_removes_what_a_killed_berth_left_and_keeps_a_running_ones(engine,
     killed = BerthServer(tmp_path / "killed").start()
     try:
         session = killed.create_session()
-        worker = worker_pid(killed)
+        worker = killed.serving_pid
         killed.process.kill()  # SIGKILL: the master cleans nothing up
         killed.process.wait(10)
         wait_until(lambda: not alive(worker), 5, lambda: f"worker {worker} outlived its killed master")

@@ -448,13 +448,13 @@ def yes_then_ctrl_c(server, session, rate: float | None, seconds: float) -> tupl
     """Run `yes` for a while, press Ctrl-C: (seconds until the prompt, server RSS growth in KiB)."""
     term = Remote(server.url, remote_auth(session), rate=rate)
     term.wait_for(rb"# $")
-    before = rss_kib(server.process.pid)
+    before = rss_kib(server.serving_pid)
     term.send("yes\r")
     grown = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        grown = max(grown, rss_kib(server.process.pid) - before)
+        grown = max(grown, rss_kib(server.serving_pid) - before)
     assert len(term.data) > seconds * (rate or 4e6) / 2, "yes did not run"
     mark = len(term.data)
     pressed = time.monotonic()
