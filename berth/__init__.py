@@ -8,6 +8,8 @@ import logging
 import time
 from pathlib import Path
 
+from werkzeug.middleware.proxy_fix import ProxyFix
+
 from .config import Config
 from .gate import Gate
 from .machines import MachineBackend
@@ -43,6 +45,8 @@ def create_app(config: Config | None = None, backend: MachineBackend | None = No
     # itself, even where it listens on an address their network routes to, and no other
     # site's name may stand for Berth's.
     app.wsgi_app = Gate(app.wsgi_app, berth.origins, berth.machine_networks)  # type: ignore[method-assign]
+    if config.behind_proxy:  # one proxy in front: its X-Forwarded-* say who and where the client is
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
     if start:
         berth.start()
     app.config["BERTH_STARTED_AT"] = time.time()

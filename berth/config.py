@@ -130,6 +130,11 @@ class Config(BaseSettings):
 
     host: str = setting("127.0.0.1", "Address the web server listens on; 0.0.0.0 for a classroom server.")
     port: int = setting(5000, "Port the web server listens on.")
+    threads: Annotated[int, Field(ge=4, le=1000)] = setting(100, "Most requests and WebSockets served at once (each open terminal holds one thread; docs/deploy.md sizes it for a class).")
+    client_timeout: Annotated[Duration, Field(ge=1)] = setting("30s", "A client that has not sent a whole request head in this long is dropped (slow or stalled clients).")
+    behind_proxy: bool = setting("0", "1: Berth sits behind one reverse proxy and trusts its X-Forwarded-For, -Proto and -Host headers (docs/deploy.md); 0: they are ignored.")
+    keep_on_stop: bool = setting("0", "1: stopping Berth leaves sessions' machines, networks, disks and the mirror running, and the next start takes them over; 0: stopping removes them.")
+    debug: bool = setting("0", "1: serve on Werkzeug's development server (one thread per connection, no timeouts) instead of gunicorn; for working on Berth only.")
     public_url: WebAddress = setting("", "The address learners open, e.g. https://berth.school.example, when it is a name (not localhost or an IP address): Berth answers only to localhost, IP addresses and this name (against DNS rebinding), and takes its origin as its own.")
     data_dir: ProjectPath = setting("instance", "Where the progress store (SQLite), keys and certificates live; relative to the project folder.")
     lessons_dir: ProjectPath = setting("lessons", "Folder of lessons, one sub-folder each; relative to the project folder.")

@@ -33,7 +33,10 @@ class Gate:
         self.machine_networks = machine_networks
 
     def __call__(self, environ, start_response):
-        if machine_address(environ.get("REMOTE_ADDR"), self.machine_networks):
+        # through a trusted proxy (BERTH_BEHIND_PROXY), the connection's own address counts
+        # too: a machine cannot hide behind an X-Forwarded-For it sends itself
+        peer = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR")
+        if any(machine_address(address, self.machine_networks) for address in (environ.get("REMOTE_ADDR"), peer)):
             return self._refuse(start_response, "from_machine", "Learner machines cannot use Berth.")
         if not self.origins.host_allowed(environ.get("HTTP_HOST")):
             return self._refuse(start_response, "unknown_host",

@@ -21,6 +21,7 @@ import docker.errors
 import requests.exceptions
 
 from .config import PROJECT_DIR, Config
+from .owner import owner_labels
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ class Mirror:
         self.config = config
         self.name = f"berth-mirror-{instance_id}"
         self.instance_id = instance_id
-        self.labels = {"berth.instance": instance_id, "berth.role": "mirror"}
+        self.labels = {"berth.instance": instance_id, "berth.role": "mirror", **owner_labels(config.data_dir)}
         self.status = "starting"
         self.message = ""
         self.container_id: str | None = None

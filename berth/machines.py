@@ -33,6 +33,7 @@ from .images import Mirror
 from .isolation import Isolation, IsolationError, egress_rules
 from .isolation import choose as choose_isolation
 from .locks import KeyedLocks
+from .owner import LABEL_DATA, owner_labels
 from .ports import PublishedPort, list_published
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,15 @@ class ExecStream(Stream):
         self.sock.close()
 
 
+@dataclass
+class Leftovers:
+    """What one Berth instance has on the backend: the names of its things, and the labels
+    that say which Berth made them (owner.still_running reads them)."""
+
+    names: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
 class MachineBackend(ABC):
     """What Berth needs from wherever learner machines run."""
 
@@ -232,8 +242,15 @@ class MachineBackend(ABC):
         """Stop what the backend runs in Berth's process (threads, clients)."""
 
     @abstractmethod
-    def remove_all(self) -> None:
-        """Remove everything this Berth made, session or not (tests, self-tests)."""
+    def remove_all(self, instance_id: str | None = None) -> list[str]:
+        """Remove everything this Berth made, session or not: its machines, their disks
+        and networks, and what serves them (the mirror). Given another instance's id, what
+        that Berth left behind (`./run clean`). Returns the names of what it removed."""
+
+    def instances(self) -> dict[str, Leftovers]:
+        """Every Berth instance that has anything on the backend, by instance id: for
+        `./run clean`, which removes what Berths that no longer run left behind."""
+        return {}
 
     # --- sessions' machines
 
@@ -413,7 +430,8 @@ class DockerMachines(MachineBackend):
         return missing
 
     def _labels(self, session_id: str, role: str, machine: str | None = None) -> dict[str, str]:
-        labels = {LABEL_INSTANCE: self.instance_id, LABEL_SESSION: session_id, LABEL_ROLE: role}
+        labels = {LABEL_INSTANCE: self.instance_id, LABEL_SESSION: session_id, LABEL_ROLE: role,
+                  **owner_labels(self.config.data_dir)}
         if machine:
             labels[LABEL_MACHINE] = machine
         return labels
@@ -789,7 +807,8 @@ class DockerMachines(MachineBackend):
             output = self.host.containers.run(
                 self.config.machine_image, ["sh", "-c", script], entrypoint=[], remove=True,
                 network_mode="host", userns_mode="host", cap_add=["NET_ADMIN", "NET_RAW"],
-                labels={LABEL_INSTANCE: self.instance_id, LABEL_ROLE: "firewall"},
+                labels={LABEL_INSTANCE: self.instance_id, LABEL_ROLE: "firewall",
+                        **owner_labels(self.config.data_dir)},
                 stdout=True, stderr=True,
             )
         except docker.errors.ContainerError as error:
@@ -830,8 +849,24 @@ class DockerMachines(MachineBackend):
         for client in engines:
             client.close()
 
-    def remove_all(self) -> None:
-        remove_instance(self.host, self.instance_id)
+    def remove_all(self, instance_id: str | None = None) -> list[str]:
+        return remove_instance(self.host, instance_id or self.instance_id)
+
+    def instances(self) -> dict[str, Leftovers]:
+        found: dict[str, Leftovers] = {}
+        filters = {"label": LABEL_INSTANCE}
+        try:
+            things = [(c.name, c.labels) for c in self.host.containers.list(all=True, filters=filters, ignore_removed=True)]
+            things += [(n.name, n.attrs.get("Labels") or {}) for n in self.host.networks.list(filters=filters)]
+            things += [(v.name, v.attrs.get("Labels") or {}) for v in self.host.volumes.list(filters=filters)]
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            raise EngineUnavailable("The Docker engine does not answer.", str(error)) from None
+        for name, labels in things:
+            leftovers = found.setdefault(labels[LABEL_INSTANCE], Leftovers())
+            leftovers.names.append(name)
+            if not leftovers.labels.get(LABEL_DATA):  # older things may lack the owner labels
+                leftovers.labels = dict(labels)
+        return found
 
     # --- files, through the engine's archive API
 
@@ -932,31 +967,43 @@ def routed_networks(table: str = "/proc/net/route") -> list[ipaddress.IPv4Networ
     return networks
 
 
-def remove_instance(client: docker.DockerClient, instance_id: str) -> None:
+def remove_instance(client: docker.DockerClient, instance_id: str) -> list[str]:
     """Remove everything labelled with a Berth instance: its machines, disks, networks and
-    mirror. For what runs a Berth of its own for a while (tests, benchmarks, self-tests)."""
+    mirror; returns their names. Containers go several at a time (a class's machines
+    within a stop's few seconds), then the networks they were on, then the disks."""
     label = {"label": f"{LABEL_INSTANCE}={instance_id}"}
+    removed: list[str] = []
 
-    def quietly(action, *args, **kwargs) -> None:
+    def quietly(action, *args, **kwargs) -> bool:
         for attempt in range(2):
             try:
                 action(*args, **kwargs)
-                return
+                return True
             except docker.errors.NotFound:
-                return  # already gone
+                return False  # already gone
             except docker.errors.APIError as error:
                 if error.status_code == 409:
-                    return  # "removal already in progress" is fine too
+                    return False  # "removal already in progress" is fine too
                 if error.status_code != 500 or attempt:
                     raise
                 time.sleep(1)  # the engine was busy (removing a snapshot); once more
+        return False
 
-    for container in client.containers.list(all=True, filters=label, ignore_removed=True):
-        quietly(container.remove, force=True, v=True)
+    def remove_container(container) -> None:
+        if quietly(container.remove, force=True, v=True):
+            removed.append(container.name)
+
+    containers = client.containers.list(all=True, filters=label, ignore_removed=True)
+    if containers:
+        with ThreadPoolExecutor(max_workers=min(8, len(containers))) as pool:
+            list(pool.map(remove_container, containers))
     for network in client.networks.list(filters=label):
         quietly(network.reload)
         for attached in network.attrs.get("Containers") or {}:
             quietly(network.disconnect, attached, force=True)
-        quietly(network.remove)
+        if quietly(network.remove):
+            removed.append(network.name)
     for volume in client.volumes.list(filters=label):
-        quietly(volume.remove, force=True)
+        if quietly(volume.remove, force=True):
+            removed.append(volume.name)
+    return removed

@@ -35,10 +35,10 @@ def is_ip(name: str) -> bool:
 
 
 def own_origin(environ: dict) -> str:
-    """The origin a page of Berth's has for this request: its scheme and its Host. (Behind a
-    proxy, what the proxy forwarded, when BERTH_BEHIND_PROXY lets Berth believe it.)"""
-    scheme = environ.get("wsgi.url_scheme", "http")
-    return f"{scheme}://{environ.get('HTTP_HOST', '')}"
+    """Berth's origin as this request reached it. Behind a proxy (BERTH_BEHIND_PROXY),
+    ProxyFix has already put the proxy's X-Forwarded-Proto and -Host here; otherwise
+    those headers are anyone's to send and count for nothing."""
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
 
 
 class OriginPolicy:

@@ -20,6 +20,7 @@ from .events import Bus, LearnerActivity, SessionEnded, SessionReady, TasksChang
 from .lessons import Library
 from .machines import MachineBackend, MachineError
 from .origins import OriginPolicy
+from .owner import DataFolderLock
 from .ports import PortWatch
 from .sessions import Sessions
 from .store import Store
@@ -65,6 +66,8 @@ class Berth:
     def __init__(self, config: Config, backend: MachineBackend | None = None):
         self.config = config
         make_private(config.data_dir)
+        self.lock = DataFolderLock(config.data_dir)
+        self.lock.acquire()  # DataFolderInUse if another Berth runs on this folder
         self.store = Store(config.data_dir / "berth.sqlite3")
         self.instance_id = self.store.meta("instance_id", lambda: secrets.token_hex(4))
         self.secret_key = self.store.meta("secret_key", lambda: secrets.token_hex(32))
@@ -129,6 +132,26 @@ class Berth:
         for thread in self._threads:
             thread.join(STOP_TIMEOUT)
         self.backend.close()
+        self.lock.release()
+
+    def shutdown(self) -> None:
+        """Berth is stopping for good (SIGTERM, Ctrl-C): end every session and remove
+        every machine, network, disk and the mirror, unless BERTH_KEEP_ON_STOP keeps them
+        for the next start to take over. Then stop every part."""
+        self._stop.set()  # no reaping, no startup retries from here on
+        if self.config.keep_on_stop:
+            log.info("stopping; machines are kept for the next start (BERTH_KEEP_ON_STOP)")
+            self.stop()
+            return
+        ended = self.sessions.end_all()
+        try:
+            removed = self.backend.remove_all()
+            log.info("stopped: %d session(s) ended; removed %d thing(s) from the engine", len(ended), len(removed))
+        except MachineError as error:
+            log.error("stopping: could not remove the machines: %s (./run clean removes them later)", error.message)
+        except Exception:
+            log.exception("stopping: could not remove the machines (./run clean removes them later)")
+        self.stop()
 
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -141,6 +164,8 @@ class Berth:
                 self.prepare()
                 break
             except MachineError as error:
+                if self._stop.is_set():
+                    return  # stopped while preparing: what failed is being removed anyway
                 self.state, self.problem = "failed", error.message
                 log.error("not ready: %s %s", error.message, error.detail)
             if self._stop.wait(5):

@@ -50,6 +50,7 @@ class Sessions:
         self._ending: set[str] = set()  # ended in the store, machines still being removed
         self._touched: dict[str, float] = {}
         self.bus = bus
+        self.closed = False  # Berth is stopping: no new sessions
 
     # --- create, find, end
 
@@ -62,6 +63,8 @@ class Sessions:
             raise SessionError(404, "unknown_lesson", f"There is no lesson {slug!r}.")
         limit = self.config.sessions_per_client
         with self._create_lock:
+            if self.closed:
+                raise SessionError(503, "stopping", "Berth is stopping; try again when it is back.")
             if self.store.count_active() >= self.config.max_sessions:
                 raise SessionError(
                     503, "capacity",
@@ -176,6 +179,22 @@ class Sessions:
         finally:
             self._ending.discard(session_id)
         log.info("session %s ended", session_id)
+
+    def end_all(self, wait: float = 5) -> list[str]:
+        """Berth stops and removes every machine at once: take no new sessions, end every
+        active one (in the store, and on the bus, so terminals and pages hear it) and give
+        machines still starting `wait` seconds to be made, so that the removal finds them."""
+        with self._create_lock:
+            self.closed = True
+        ended = [record.id for record in self.store.sessions()]
+        for session_id in ended:
+            self.store.end_session(session_id)
+            self._touched.pop(session_id, None)
+            self.bus.publish(SessionEnded(session_id))
+        deadline = time.monotonic() + wait
+        for thread in list(self._starting.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return ended
 
     def machine(self, session_id: str, name: str) -> Machine:
         """The running machine `name` of a session, for terminals, checks and previews."""

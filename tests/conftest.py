@@ -23,7 +23,11 @@ from berth.config import PROJECT_DIR, Config
 from berth.machines import remove_instance
 
 READY_TIMEOUT = 120
-__all__ = ["BerthServer", "remove_instance"]  # remove_instance: for the tests that import it from here
+# Berth removes its machines when it stops; a test that restarts it and expects the
+# learner's machines and shells back keeps them, as an operator would for a restart.
+KEEP = {"BERTH_KEEP_ON_STOP": "1"}
+STOP_WAIT = 30  # seconds a stopping Berth may take: it ends its sessions and removes their machines
+__all__ = ["KEEP", "BerthServer", "remove_instance"]  # remove_instance: for the tests that import it from here
 
 # Debian's Chromium, headless as root: no sandbox, and no background connections, which
 # this machine's closed network refuses and Chromium then waits on.
@@ -114,7 +118,7 @@ class BerthServer:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(10)
+                self.process.wait(STOP_WAIT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
@@ -124,6 +128,12 @@ class BerthServer:
         if not self.log_path or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def serving_pid(self) -> int:
+        """The process that serves and holds Berth's memory: gunicorn's worker (it holds the
+        data folder's lock and wrote its pid there), not the master that `process` is."""
+        return int((self.data_dir / "berth.lock").read_text().split()[0])
 
     @property
     def instance_id(self) -> str:

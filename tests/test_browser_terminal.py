@@ -15,7 +15,7 @@ from playwright.sync_api import Page
 
 from berth.config import Config
 
-from .conftest import SCREEN_TEXT_JS, BerthServer, in_machine, page_session, remove_instance, wait_until
+from .conftest import KEEP, SCREEN_TEXT_JS, BerthServer, in_machine, page_session, remove_instance, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
 
@@ -211,7 +211,7 @@ def test_each_machine_has_its_own_terminal(lesson, shots):
 
 
 def test_a_server_restart_reconnects_to_the_same_shell(browser, engine, tmp_path):
-    berth = BerthServer(tmp_path / "restart").start()
+    berth = BerthServer(tmp_path / "restart", KEEP).start()
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
         page = context.new_page()

@@ -11,7 +11,7 @@ import pytest
 import requests
 import socketio as socketio_client
 
-from .conftest import BerthServer, in_machine, remove_instance
+from .conftest import KEEP, BerthServer, in_machine, remove_instance
 
 pytestmark = pytest.mark.engine
 
@@ -95,7 +95,7 @@ def test_tasks_and_machines_are_pushed_as_the_engine_changes(server, lesson_sess
 
 
 def test_done_stays_done_when_undone_and_after_a_restart(engine, tmp_path):
-    server = BerthServer(tmp_path / "data").start()
+    server = BerthServer(tmp_path / "data", KEEP).start()
     try:
         session = server.create_session()
         code, out = in_machine(engine, session, "workstation", RUN.replace("$BASE", base_image(server)))

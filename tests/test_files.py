@@ -76,7 +76,7 @@ def test_400_mb_round_trip_byte_for_byte_in_flat_memory(server, engine, session,
             digest.update(block)
             out.write(block)
     expected = digest.hexdigest()
-    pid = server.process.pid
+    pid = server.serving_pid
     before = memory_kib(pid)
 
     with RssSampler(pid) as upload_rss, open(source, "rb") as body:

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from .conftest import (
+    KEEP,
     BerthServer,
     in_machine,
     labelled,
@@ -162,14 +163,14 @@ def test_limits_hold(engine, tmp_path):
 
 
 def test_restart_adopts_running_sessions(engine, tmp_path):
-    first = BerthServer(tmp_path / "restart").start()
+    first = BerthServer(tmp_path / "restart", KEEP).start()
     try:
         session = first.create_session()
         code, _ = in_machine(engine, session, "workstation", "echo kept > /root/note.txt")
         assert code == 0
         before = machine_container(engine, session, "workstation").id
         first.stop()
-        second = BerthServer(first.data_dir, port=first.port).start()
+        second = BerthServer(first.data_dir, KEEP, port=first.port).start()
         response = second.get(f"/api/sessions/{session['id']}", session["token"])
         assert response.status_code == 200, response.text
 

@@ -20,7 +20,7 @@ from berth.sessions import hash_token
 from berth.sockets import TERMINAL as NAMESPACE
 from berth.store import MachineRecord, SessionRecord
 
-from .conftest import BerthServer, in_machine, remove_instance, wait_until, wait_until_ready
+from .conftest import KEEP, BerthServer, in_machine, remove_instance, wait_until, wait_until_ready
 from .terminal_client import Refused, TerminalClient
 
 PROMPT = re.compile(rb"\x1b\]7771;prompt\x07")
@@ -437,13 +437,13 @@ def yes_then_ctrl_c(server, session, rate: float | None, seconds: float) -> tupl
     """Run `yes` for a while, press Ctrl-C: (seconds until the prompt, server RSS growth in KiB)."""
     term = Remote(server.url, remote_auth(session), rate=rate)
     term.wait_for(rb"# $")
-    before = rss_kib(server.process.pid)
+    before = rss_kib(server.serving_pid)
     term.send("yes\r")
     grown = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        grown = max(grown, rss_kib(server.process.pid) - before)
+        grown = max(grown, rss_kib(server.serving_pid) - before)
     assert len(term.data) > seconds * (rate or 4e6) / 2, "yes did not run"
     mark = len(term.data)
     pressed = time.monotonic()
@@ -516,7 +516,7 @@ def test_an_idle_terminal_stays_up(server, lesson_session):
 @pytest.mark.engine
 def test_a_server_restart_keeps_the_shell(engine, tmp_path):
     """Berth restarts: the page reconnects to the same bash, with its directory and jobs."""
-    berth = BerthServer(tmp_path / "restart").start()
+    berth = BerthServer(tmp_path / "restart", KEEP).start()
     try:
         session = berth.create_session()
         term = Remote(berth.url, remote_auth(session))
