@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -91,21 +92,28 @@ class Lab:
         return result.text
 
 
-@pytest.fixture(scope="module")
-def lab(engine, tmp_path_factory):
-    config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(tmp_path_factory.mktemp("checks"))})
+@contextmanager
+def open_lab(engine, folder, lesson: str):
+    """A Berth of this process with one session of `lesson`, its machines ready: a Lab for
+    a module's checks; everything it made is removed at the end."""
+    config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(folder)})
     berth = Berth(config)
     try:
         berth.prepare()
-        record, _ = berth.sessions.create("docker-images", wait=True)
-        lab = Lab(berth, record.id, config.base_image)
-        lab.run("workstation", WORKSTATION.replace("{base}", config.base_image))
-        lab.run("colleague", COLLEAGUE)
-        yield lab
+        record, _ = berth.sessions.create(lesson, wait=True)
+        yield Lab(berth, record.id, config.base_image)
     finally:
         berth.stop()
         remove_instance(engine, berth.instance_id)
         berth.store.close()
+
+
+@pytest.fixture(scope="module")
+def lab(engine, tmp_path_factory):
+    with open_lab(engine, tmp_path_factory.mktemp("checks"), "docker-images") as lab:
+        lab.run("workstation", WORKSTATION.replace("{base}", lab.base))
+        lab.run("colleague", COLLEAGUE)
+        yield lab
 
 
 def said(findings: list[Finding]) -> list[tuple[bool, str]]:

@@ -6,15 +6,9 @@ image with another name; images no container uses)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from berth import Berth
-from berth.config import Config
-
-from .conftest import remove_instance
-from .test_checks import Lab, expect
+from .test_checks import expect, open_lab
 
 pytestmark = pytest.mark.engine
 
@@ -34,18 +28,9 @@ docker tag {hello} hello-copy:2
 
 @pytest.fixture(scope="module")
 def lab(engine, tmp_path_factory):
-    config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(tmp_path_factory.mktemp("basics-checks"))})
-    berth = Berth(config)
-    try:
-        berth.prepare()
-        record, _ = berth.sessions.create("image-basics", wait=True)
-        lab = Lab(berth, record.id, config.base_image)
-        lab.run("workstation", MACHINE.replace("{base}", config.base_image).replace("{hello}", HELLO))
+    with open_lab(engine, tmp_path_factory.mktemp("basics-checks"), "image-basics") as lab:
+        lab.run("workstation", MACHINE.replace("{base}", lab.base).replace("{hello}", HELLO))
         yield lab
-    finally:
-        berth.stop()
-        remove_instance(engine, berth.instance_id)
-        berth.store.close()
 
 
 def test_pulled_through_the_mirror_and_run(lab):

@@ -6,15 +6,9 @@ mount point, a file deleted from the lower folder itself)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from berth import Berth
-from berth.config import Config
-
-from .conftest import remove_instance
-from .test_checks import Lab, expect
+from .test_checks import expect, open_lab
 
 pytestmark = pytest.mark.engine
 
@@ -56,19 +50,10 @@ mkdir -p /empty
 
 @pytest.fixture(scope="module")
 def lab(engine, tmp_path_factory):
-    config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(tmp_path_factory.mktemp("chapter-checks"))})
-    berth = Berth(config)
-    try:
-        berth.prepare()
-        record, _ = berth.sessions.create("export-import", wait=True)
-        lab = Lab(berth, record.id, config.base_image)
-        lab.run("workstation", EXPORTS.replace("{base}", config.base_image))
+    with open_lab(engine, tmp_path_factory.mktemp("chapter-checks"), "export-import") as lab:
+        lab.run("workstation", EXPORTS.replace("{base}", lab.base))
         lab.run("workstation", LAYERS)
         yield lab
-    finally:
-        berth.stop()
-        remove_instance(engine, berth.instance_id)
-        berth.store.close()
 
 
 # --- docker export and docker save archives
