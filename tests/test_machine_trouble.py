@@ -128,7 +128,8 @@ def test_following_reports_stopped_machines_out_of_memory_and_dying(engine):
         engine.containers.run(image, ["sleep", "1"], labels=labels(instance, "dies"), detach=True)
         engine.containers.run(image, ["sh", "-c", "head -c 500M /dev/zero | tail"], labels=labels(instance, "hungry"),
                               mem_limit="32m", memswap_limit="32m", detach=True)
-        wait_until(lambda: any(h.session_id == "dies" and h.what == "stopped" for h in heard), 30, lambda: heard)
+        wait_until(lambda: any(h.session_id == "dies" and h.what == "stopped" and h.detail.startswith("die")
+                               for h in heard), 30, lambda: heard)  # from its event, not the look
         wait_until(lambda: any(h.session_id == "hungry" and h.what == "oom" for h in heard), 60, lambda: heard)
         assert all(h.machine == "workstation" for h in heard)
         began = time.monotonic()
