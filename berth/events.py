@@ -63,6 +63,17 @@ class EngineChanged(Event):
 
 
 @dataclass(frozen=True)
+class MachineTrouble(Event):
+    """Something happened to a machine that the learner should hear of, in a line for its
+    terminal: a program ran out of memory (`oom`), the machine stopped and is being started
+    again (`stopped`), it runs again (`running`), or it could not be started (`failed`)."""
+
+    machine: str = ""
+    what: Literal["oom", "stopped", "running", "failed"] = "oom"
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class LearnerActivity(Event):
     """The learner did something in a machine: pressed Enter, a command returned to the
     prompt, or files were put into it."""

@@ -16,7 +16,7 @@ import tarfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,10 @@ LABEL_SESSION = "berth.session"
 LABEL_MACHINE = "berth.machine"
 LABEL_ROLE = "berth.role"
 ENGINE_PORT = 2376
+FOLLOW_WINDOW = 1  # seconds of engine events read at a time: how soon a stop is heard
+LOOK_EVERY = 15  # seconds between looks at every machine (how an engine restart shows)
+FOLLOW_RETRY = 2  # seconds between tries while the engine does not answer
+NOT_RUNNING = ("exited", "dead")
 MIRROR_ALIAS = "berth-mirror"
 # Docker's detach keys would swallow a key the learner types (ctrl-p by default): use a
 # sequence nobody types by accident.
@@ -213,6 +217,18 @@ class ExecStream(Stream):
         self.sock.close()
 
 
+@dataclass(frozen=True)
+class MachineHappening:
+    """Something that happened to a machine itself, seen from where it runs: a program in
+    it was killed for lack of memory (`oom`), or the machine is not running (`stopped`:
+    it exited, was killed, or the engine that runs it restarted)."""
+
+    session_id: str
+    machine: str
+    what: str  # oom | stopped
+    detail: str = ""  # for the log: an exit code, a state
+
+
 @dataclass
 class Leftovers:
     """What one Berth instance has on the backend: the names of its things, and the labels
@@ -318,6 +334,12 @@ class MachineBackend(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Return if the engine behind the backend answers; EngineUnavailable if not."""
+
+    def follow(self, report: Callable[[MachineHappening], None], stop: threading.Event) -> None:
+        """Report what happens to this Berth's machines (out of memory, stopped) until
+        `stop` is set, returning within a few seconds of it: so that Berth tells the learner
+        and starts a stopped machine again. A backend that cannot tell just waits."""
+        stop.wait()
 
     @abstractmethod
     def missing_images(self, images: list[str]) -> list[str]:
@@ -688,6 +710,65 @@ class DockerMachines(MachineBackend):
         except docker.errors.APIError as error:
             raise MachineError(f"The machine {machine.name} could not start again.", str(error)) from None
         self._forget_engine(machine)
+
+    # --- following the machines
+
+    def follow(self, report: Callable[[MachineHappening], None], stop: threading.Event) -> None:
+        """The host engine's `oom` and `die` events of this Berth's machines, read in windows
+        of FOLLOW_WINDOW seconds so that `stop` is heard; and every LOOK_EVERY seconds a look
+        at every machine, reporting those not running. The look is how a restart of the
+        engine is noticed: its events stream is cut and its containers stop with it. When
+        the engine answers again after being down, the firewall goes back in (its iptables
+        chains may be gone with it) and the machines are looked at at once."""
+        since = int(time.time())
+        next_look = 0.0
+        down = False
+        seen: dict[tuple, float] = {}  # windows meet at a second: an event there comes twice
+
+        def tell(happening: MachineHappening) -> None:
+            try:
+                report(happening)
+            except Exception:
+                log.exception("reporting %s failed", happening)
+
+        while not stop.is_set():
+            try:
+                if down:
+                    self.ping()
+                    log.warning("the Docker engine answers again; putting the machines' firewall back")
+                    self.apply_firewall()
+                    down, next_look, since = False, 0.0, int(time.time())
+                if time.monotonic() >= next_look:
+                    next_look = time.monotonic() + LOOK_EVERY
+                    for machine in self.machines():
+                        if machine.state in NOT_RUNNING:
+                            tell(MachineHappening(machine.session_id, machine.name, "stopped",
+                                                  f"found {machine.state}"))
+                until = since + FOLLOW_WINDOW
+                events = self.host.events(since=since, until=until, decode=True, filters={
+                    "type": ["container"], "event": ["oom", "die"],
+                    "label": [f"{LABEL_INSTANCE}={self.instance_id}", f"{LABEL_ROLE}=machine"]})
+                for event in events:
+                    key = (event.get("id"), event.get("Action"), event.get("timeNano"))
+                    if key in seen:
+                        continue
+                    seen[key] = time.monotonic()
+                    labels = (event.get("Actor") or {}).get("Attributes") or {}
+                    session_id, name = labels.get(LABEL_SESSION), labels.get(LABEL_MACHINE)
+                    if session_id and name:
+                        action = event.get("Action")
+                        tell(MachineHappening(session_id, name, "oom" if action == "oom" else "stopped",
+                                              f"{action} exit code {labels.get('exitCode', '?')}"))
+                since = until
+                for key, at in list(seen.items()):
+                    if at < time.monotonic() - 10:
+                        del seen[key]
+            except (MachineError, docker.errors.DockerException, requests.exceptions.RequestException) as error:
+                if not down:
+                    log.warning("following the machines: the engine does not answer (%s)",
+                                getattr(error, "detail", "") or error)
+                down = True
+                stop.wait(FOLLOW_RETRY)
 
     def destroy_session(self, session_id: str) -> None:
         # Two removers at once (an API delete and the reaper) would each see the other's

@@ -16,7 +16,7 @@ from .check_framework import CheckRunner
 from .checker import Checker
 from .checks import KINDS
 from .config import Config
-from .events import Bus, LearnerActivity, SessionEnded, SessionReady, TasksChanged
+from .events import Bus, LearnerActivity, MachineTrouble, SessionEnded, SessionReady, TasksChanged
 from .lessons import Library
 from .machines import MachineBackend, MachineError
 from .origins import OriginPolicy
@@ -25,6 +25,7 @@ from .ports import PortWatch
 from .sessions import Sessions
 from .store import Store
 from .terminal import Terminals
+from .trouble import MachineCare
 from .workshops import JoinLimiter, Workshops, load_instructor_token
 
 log = logging.getLogger("berth")
@@ -80,6 +81,7 @@ class Berth:
         self.runner = CheckRunner(KINDS)
         self.checker = Checker(config, self.store, self.library, self.backend, self.runner, self.bus)
         self.terminals = Terminals(config, self.sessions, self.backend, self.bus)
+        self.care = MachineCare(config, self.store, self.backend, self.sessions, self.bus)
         self.ports = PortWatch(self.backend)
         self.origins = OriginPolicy(config.allowed_origins, config.public_url, config.host)
         token, token_made = load_instructor_token(config)
@@ -97,11 +99,16 @@ class Berth:
         self.bus.subscribe(SessionEnded, lambda event: self.checker.forget(event.session_id))
         self.bus.subscribe(SessionEnded, lambda event: self.terminals.end_session(event.session_id))
         self.bus.subscribe(LearnerActivity, self.checker.on_activity)
+        self.bus.subscribe(MachineTrouble, self._machine_trouble)
         self.bus.subscribe(LearnerActivity, self._learner_active)
         self.bus.subscribe(TasksChanged, lambda event: self.workshops.on_tasks(event.session_id, event.tasks))
         self.bus.subscribe(LearnerActivity, self.workshops.on_activity)
         self.bus.subscribe(SessionReady, lambda event: self.workshops.on_session(event.session_id))
         self.bus.subscribe(SessionEnded, lambda event: self.workshops.on_session(event.session_id))
+
+    def _machine_trouble(self, event: MachineTrouble) -> None:
+        if event.what == "stopped":  # checks wait for the machine (SessionReady resumes them)
+            self.checker.forget(event.session_id)
 
     def _learner_active(self, event: LearnerActivity) -> None:
         if event.what == "enter":  # typing in a terminal keeps a session from being reaped as idle
@@ -131,6 +138,7 @@ class Berth:
         self.runner.close()
         for thread in self._threads:
             thread.join(STOP_TIMEOUT)
+        self.care.join(STOP_TIMEOUT)
         self.backend.close()
         self.lock.release()
 
@@ -172,6 +180,17 @@ class Berth:
                 return
         if not self._stop.is_set():
             self._spawn(self._reap_forever, "reaper")
+            self._spawn(self._follow_machines, "machines-follow")
+
+    def _follow_machines(self) -> None:
+        """Hear what happens to the machines (out of memory, stopped, the engine restarted)
+        for as long as Berth runs."""
+        while not self._stop.is_set():
+            try:
+                self.care.run(self._stop)
+            except Exception:
+                log.exception("following the machines failed")
+                self._stop.wait(5)
 
     def _reap_forever(self) -> None:
         while not self._stop.wait(self.config.reap_interval):

@@ -158,6 +158,11 @@ class Sessions:
         self.touch(session_id)
         return record
 
+    @property
+    def ending(self) -> frozenset[str]:
+        """Sessions being ended: their machines stop because Berth removes them."""
+        return frozenset(self._ending)
+
     def touch(self, session_id: str) -> None:
         """The learner is active (an API call, a command typed): the session is not idle.
         Written at most every TOUCH_EVERY seconds (more often if sessions idle out sooner)."""

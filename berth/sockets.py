@@ -3,7 +3,9 @@ subscriber of the bus that forwards events to the pages' rooms.
 
 - `/session` (auth {session, token}): the page joins its session's room and is sent
   `tasks` and `machines` at once and whenever the bus says they changed, `engine`
-  ({machine}) when a machine's engine changed its images or containers; in a workshop,
+  ({machine}) when a machine's engine changed its images or containers, `trouble`
+  ({machine, what, message}) when a machine ran out of memory, stopped, runs again or
+  could not be started; in a workshop,
   also the instructor's `notice` and `help` (a raised hand, or none).
 - `/terminal` (auth {session, token, machine[, shell, cols, rows, epoch, offset, mode]}):
   in: input, resize, ack; out: attached, output, notice, ended, and `size` for a watcher
@@ -28,6 +30,7 @@ from .events import (
     HandChanged,
     LearnerChanged,
     MachinesChanged,
+    MachineTrouble,
     NoticeSent,
     TasksChanged,
     WorkshopChanged,
@@ -65,6 +68,8 @@ def relay(bus: Bus, server: SocketIO = socketio) -> None:
     bus.subscribe(TasksChanged, lambda event: to_session("tasks", event.tasks, event.session_id))
     bus.subscribe(MachinesChanged, lambda event: to_session("machines", event.machines, event.session_id))
     bus.subscribe(EngineChanged, lambda event: to_session("engine", {"machine": event.machine}, event.session_id))
+    bus.subscribe(MachineTrouble, lambda event: to_session(
+        "trouble", {"machine": event.machine, "what": event.what, "message": event.message}, event.session_id))
     bus.subscribe(NoticeSent, lambda event: to_session("notice", {"message": event.message, "at": event.at},
                                                        event.session_id))
     bus.subscribe(HandChanged, lambda event: to_session("help", {"help": event.help}, event.session_id))

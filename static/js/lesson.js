@@ -128,6 +128,15 @@
     });
   }
   if (window.BerthTasks) window.BerthTasks.start(page);
+  // A machine's trouble (out of memory, stopped, running again) is a line in its terminal.
+  if (page.tasksSocket) {
+    page.tasksSocket.on("trouble", (trouble) => {
+      const terminal = page.terminals[trouble.machine];
+      if (!terminal) return;
+      terminal.notice(trouble.message);
+      if (trouble.what === "running") terminal.wake();
+    });
+  }
   if (window.BerthPreview) window.BerthPreview.start(page);
   if (window.BerthEngine) window.BerthEngine.start(page);
   activate(page.machines[0]);

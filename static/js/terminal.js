@@ -3,7 +3,7 @@
  *
  * window.BerthTerminal.open(host, {session, token?, machine, onStatus(name, text)}) returns
  * (without a token the connection carries the lesson cookie)
- * {fit(), focus(), type(text), state}. Output carries absolute byte offsets: the page
+ * {fit(), focus(), type(text), notice(text), wake(), state}. Output carries absolute byte offsets: the page
  * acknowledges what xterm.js has processed (the server's credit window), and on reconnect
  * tells the server where it left off so that nothing is shown twice. */
 (function () {
@@ -44,6 +44,8 @@
       fit,
       focus: () => term.focus(),
       type,
+      notice: (text) => notice(text),
+      wake, // the machine runs again: a shell that ended with it starts anew
     };
     function status(name, text) {
       handle.state = { name, text };
@@ -205,6 +207,12 @@
     term.onResize(({ cols, rows }) => {
       if (socket.connected) socket.emit("resize", { cols, rows }, seq++);
     });
+    function wake() {
+      if (!ended) return;
+      ended = false;
+      status("connecting", "starting a new shell…");
+      socket.connect();
+    }
     function type(text) {
       const bytes = encoder.encode(text);
       if (!send(bytes)) waiting.push(bytes);
