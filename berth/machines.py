@@ -527,9 +527,10 @@ class DockerMachines(MachineBackend):
         """A private bridge network of the session's own, with a /27 of the configured
         pool; returns the network and the subnet's host addresses (gateway first)."""
         pool = ipaddress.ip_network(self.config.network_pool)
+        refused: list[ipaddress.IPv4Network] = []  # the engine said they overlap, whatever its list says
         with self._network_lock:
-            for attempt in range(5):
-                used = self._host_routes()
+            for attempt in range(8):
+                used = self._host_routes() + refused
                 for net in self.host.api.networks():
                     for entry in (net.get("IPAM") or {}).get("Config") or []:
                         try:
@@ -555,8 +556,11 @@ class DockerMachines(MachineBackend):
                     )
                     return network, hosts
                 except docker.errors.APIError as error:
-                    if "overlap" in str(error).lower() and attempt < 4:
-                        continue  # another Berth took it meanwhile
+                    if "overlap" in str(error).lower() and attempt < 7:
+                        # another Berth took it meanwhile, or a network just removed still
+                        # holds it in the engine's allocator: the next one
+                        refused.append(subnet)
+                        continue
                     raise
         raise AssertionError("unreachable")
 
