@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,7 @@ class Learner:
     session: dict | None = field(default=None, repr=False)
 
 
-def attend(url: str, lesson: Lesson, learner: Learner, start: float) -> None:
+def attend(url: str, lesson: Lesson, learner: Learner, start: float, say: Callable[[str], None]) -> None:
     """One learner's lesson; a failure is noted with its reason, not raised."""
     step = "starting a session"
     try:
@@ -136,6 +137,7 @@ def attend(url: str, lesson: Lesson, learner: Learner, start: float) -> None:
         failed = [m for m in body["machines"] if m["status"] != "ready"]
         if failed:
             raise RuntimeError(f"machines not ready: {failed}")
+        say(f"learner {learner.number}: session ready in {learner.ready:.1f} s")
         step = "opening the terminals"
         shells = {name: Shell(url, body, name) for name in lesson.machines}
         page = Page(url, body)
@@ -150,6 +152,7 @@ def attend(url: str, lesson: Lesson, learner: Learner, start: float) -> None:
                     returned = shells[command.machine].run(command.run)
                 step = f"task {task.id}: waiting for its tick"
                 learner.ticks[task.id] = page.wait_done(task.id, TICK_TIMEOUT) - returned
+                say(f"learner {learner.number}: {task.id} ticked {1000 * learner.ticks[task.id]:.0f} ms after its prompt")
             learner.lesson = max(page.done_at.values()) - began
         finally:
             page.close()
@@ -157,6 +160,7 @@ def attend(url: str, lesson: Lesson, learner: Learner, start: float) -> None:
                 shell.close()
     except Exception as error:  # noqa: BLE001 - every failure is a result to report
         learner.failure = f"{step}: {type(error).__name__}: {error}"
+        say(f"learner {learner.number}: failed: {learner.failure}")
 
 
 class Watch:
@@ -236,7 +240,8 @@ def describe(values: list[float]) -> dict | None:
     return {"median": statistics.median(values), "p95": percentile(values, 0.95), "max": max(values), "n": len(values)}
 
 
-def run_class(url: str, server_pid: int, learners: int, stagger: float = 0.0, lesson: Lesson | None = None) -> dict:
+def run_class(url: str, server_pid: int, learners: int, stagger: float = 0.0, lesson: Lesson | None = None,
+              say: Callable[[str], None] = lambda line: None) -> dict:
     """The core: N learners against a running Berth whose master is `server_pid`; returns
     the report (every learner's figures, failures and Berth's cost). Sessions are ended at
     the end."""
@@ -248,7 +253,7 @@ def run_class(url: str, server_pid: int, learners: int, stagger: float = 0.0, le
     threads = []
     for learner in class_:
         time.sleep(max(0.0, start + learner.arrived - time.monotonic()))
-        thread = threading.Thread(target=attend, args=(url, lesson, learner, start), daemon=True)
+        thread = threading.Thread(target=attend, args=(url, lesson, learner, start, say), daemon=True)
         thread.start()
         threads.append(thread)
     for thread in threads:
@@ -330,7 +335,8 @@ def main(argv: list[str]) -> None:
     try:
         server.start()
         print(f"the class arrives ({server.url}) ...", flush=True)
-        report = run_class(server.url, server.process.pid, args.learners, args.stagger)
+        report = run_class(server.url, server.process.pid, args.learners, args.stagger,
+                           say=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("interrupted: stopping Berth and removing what it made ...", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
