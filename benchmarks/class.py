@@ -70,6 +70,9 @@ class Shell:
         self._tail = b""
         self.client = TerminalClient(url, {"session": session["id"], "token": session["token"],
                                            "machine": machine, "cols": 120, "rows": 40})
+        # what came with the connection (a new shell's first prompt may come before the
+        # connect reply); the reader thread has not started yet, so nothing is missed
+        self._output(bytes(self.client.data), self.client.start_offset)
         self.client.on_output = self._output
         self.client.start()
 
@@ -118,6 +121,7 @@ class Learner:
     arrived: float = 0.0  # after the class started
     ready: float | None = None  # POST /api/sessions until every machine was ready
     ticks: dict[str, float] = field(default_factory=dict)
+    tasks: dict[str, float] = field(default_factory=dict)  # a task's first command typed until it ticked
     lesson: float | None = None  # first command typed until the last task ticked
     failure: str | None = None
     session: dict | None = field(default=None, repr=False)
@@ -146,13 +150,17 @@ def attend(url: str, lesson: Lesson, learner: Learner, start: float, say: Callab
                 shell.wait_prompt(-1, 60)  # the shell is ready
             began = time.monotonic()
             for task in lesson.tasks:
-                returned = began
+                typed = returned = time.monotonic()
                 for command in task.solution:
                     step = f"task {task.id}: {command.machine}$ {command.run}"
                     returned = shells[command.machine].run(command.run)
                 step = f"task {task.id}: waiting for its tick"
-                learner.ticks[task.id] = page.wait_done(task.id, TICK_TIMEOUT) - returned
-                say(f"learner {learner.number}: {task.id} ticked {1000 * learner.ticks[task.id]:.0f} ms after its prompt")
+                ticked = page.wait_done(task.id, TICK_TIMEOUT)
+                learner.ticks[task.id] = ticked - returned
+                learner.tasks[task.id] = ticked - typed
+                say(f"learner {learner.number}: {task.id} done in {ticked - typed:.1f} s, ticked "
+                    + (f"{1000 * (ticked - returned):.0f} ms after" if ticked >= returned else "before")
+                    + " its last command's prompt")
             learner.lesson = max(page.done_at.values()) - began
         finally:
             page.close()
@@ -281,6 +289,7 @@ def run_class(url: str, server_pid: int, learners: int, stagger: float = 0.0, le
         "tick_latency": describe(ticks),
         "ticked_early": sum(1 for learner in class_ for t in learner.ticks.values() if t < 0),
         "lesson_completion": describe([x.lesson for x in class_ if x.lesson is not None]),
+        "task_seconds": {t.id: describe([x.tasks[t.id] for x in class_ if t.id in x.tasks]) for t in lesson.tasks},
         "completed": sum(1 for x in class_ if x.lesson is not None and not x.failure),
         "failures": [{"learner": x.number, "reason": x.failure} for x in class_ if x.failure],
         "berth": cost,
@@ -309,6 +318,8 @@ def table(report: dict) -> str:
                          f" ({report['ticked_early']} ticked before the prompt, counted 0)"),
         ("lesson completion", f"median {seconds(report['lesson_completion'], 'median')}, "
                               f"max {seconds(report['lesson_completion'], 'max')} (first command to last tick)"),
+        ("tasks, median", ", ".join(f"{task} {figures['median']:.1f} s" for task, figures in report["task_seconds"].items()
+                                    if figures) + " (first command to tick)"),
         ("completed", f"{report['completed']} of {report['learners']}, {len(report['failures'])} failed"),
         ("Berth CPU", f"{berth['cpu_seconds']:.1f} s in {berth['seconds']:.0f} s: mean {berth['cpu_mean_percent']:.0f}%, "
                       f"peak {berth['cpu_peak_percent']:.0f}% of one core"),
@@ -352,3 +363,5 @@ def main(argv: list[str]) -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"report: {args.json}")
+    if report["failures"]:
+        raise SystemExit(1)
