@@ -1,0 +1,33 @@
+"""The class benchmark's core with two learners at once against a real Berth: both finish
+the Docker images lesson, every task ticks, nothing fails, and Berth's cost is measured."""
+
+from __future__ import annotations
+
+import importlib
+
+import docker
+import pytest
+
+from tests.conftest import BerthServer, remove_instance
+
+pytestmark = pytest.mark.engine
+
+bench = importlib.import_module("benchmarks.class")  # `class` is a keyword: no plain import
+
+
+def test_two_learners_finish_the_lesson(engine: docker.DockerClient, tmp_path):
+    berth = BerthServer(tmp_path / "class", bench.server_settings(2)).start()
+    try:
+        report = bench.run_class(berth.url, berth.process.pid, 2)
+    finally:
+        berth.stop()
+        remove_instance(engine, berth.instance_id)
+    assert report["failures"] == [], report["failures"]
+    assert report["completed"] == 2
+    tasks = report["tasks"]
+    assert tasks and all(set(learner["ticks"]) == set(tasks) for learner in report["per_learner"]), report["per_learner"]
+    assert report["sessions_ready"]["n"] == 2 and report["tick_latency"]["n"] == 2 * len(tasks)
+    berth_cost = report["berth"]
+    assert berth_cost["processes"] >= 2, berth_cost  # gunicorn's master and its worker were both sampled
+    assert berth_cost["cpu_seconds"] > 0 and berth_cost["rss_peak_mib"] > 0
+    assert bench.table(report).count("\n") >= 8
