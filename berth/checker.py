@@ -293,6 +293,11 @@ class Checker:
                         ok = all(f.ok for f in findings)
                         new = TaskResult(task.id, "done" if ok else "pending", time.time() if ok else None,
                                          [f.as_json() for f in findings])
+                    with watch.state:
+                        if watch.stopped:
+                            # the session ended while this round looked: what it saw is its
+                            # machines going away, not the learner's work
+                            return
                     old = results.get(task.id)
                     if old is None or (old.status, old.feedback) != (new.status, new.feedback):
                         store.save_task_result(watch.session_id, new)
