@@ -62,6 +62,7 @@ def test_a_workshop_from_the_instructors_page(server, browser):
         teacher.goto(f"{server.url}/instructor?token={token}")
         expect(teacher).to_have_url(f"{server.url}/instructor")  # the token has left the address bar
         expect(teacher.locator("#capacity")).to_contain_text("sessions")
+        teacher.select_option("select[name=lesson]", "docker-images")
         teacher.fill("input[name=title]", "Docker images, Tuesday group")
         teacher.fill("input[name=seats]", "5")
         teacher.fill("input[name=minutes]", "90")
