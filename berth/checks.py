@@ -182,11 +182,13 @@ def _state_finding(name: str, attrs: dict) -> Finding:
     return Finding(False, message)
 
 
+def env_of(attrs: dict) -> dict[str, str]:
+    """The environment a container or image sets (its inspect's Config.Env), as a dict."""
+    return dict(item.partition("=")[::2] for item in (attrs.get("Config") or {}).get("Env") or [])
+
+
 def _env_findings(name: str, attrs: dict, env: dict[str, str]) -> list[Finding]:
-    actual = {}
-    for item in attrs["Config"].get("Env") or []:
-        key, _, value = item.partition("=")
-        actual[key] = value
+    actual = env_of(attrs)
     findings = []
     for key, value in env.items():
         if key not in actual:
@@ -572,7 +574,7 @@ def _cmd_finding(label: str, attrs: dict, cmd: list[str]) -> Finding:
 
 
 def _image_env_findings(label: str, attrs: dict, env: dict[str, str]) -> list[Finding]:
-    actual = dict(item.partition("=")[::2] for item in (attrs.get("Config") or {}).get("Env") or [])
+    actual = env_of(attrs)
     findings = []
     for key, value in env.items():
         if key not in actual:
