@@ -158,6 +158,7 @@ class Config(BaseSettings):
     shells_per_machine: int = setting(4, "Most terminal shells open at once in one machine.")
     shell_linger: Duration = setting("30m", "How long a shell lives on with no browser attached before it is ended.")
     reap_interval: Duration = setting("30s", "How often expired and idle sessions are ended and leftovers removed.")
+    store_wait: Annotated[Duration, Field(ge=1)] = setting("30s", "How long a request waits for the progress store while another program (a backup, an sqlite3 shell) holds its lock; past it the request is answered 503 store_busy and nothing is lost.")
     check_interval: Duration = setting("10s", "How often tasks are checked when nothing else prompts a check.")
     min_free_disk: Size = setting("5g", "New sessions are refused (503) while the engine's disk has less free; 0: no watermark.")
     min_free_memory: Size = setting("2g", "New sessions are refused (503) while the host has less memory available; 0: no watermark.")

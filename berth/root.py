@@ -69,7 +69,7 @@ class Berth:
         make_private(config.data_dir)
         self.lock = DataFolderLock(config.data_dir)
         self.lock.acquire()  # DataFolderInUse if another Berth runs on this folder
-        self.store = Store(config.data_dir / "berth.sqlite3")
+        self.store = Store(config.data_dir / "berth.sqlite3", config.store_wait)
         self.instance_id = self.store.meta("instance_id", lambda: secrets.token_hex(4))
         self.secret_key = self.store.meta("secret_key", lambda: secrets.token_hex(32))
         self.bus = Bus()

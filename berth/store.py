@@ -134,11 +134,11 @@ class Store:
     """One SQLite connection shared by the server's threads behind a lock; WAL keeps
     readers from waiting on a writer."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, wait: float = 30):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=wait)
         self._db.row_factory = sqlite3.Row
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -174,7 +174,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(sqlite3.OperationalError)
     def _store_busy(error: sqlite3.OperationalError):
-        # another process held the progress store's lock past the store's 30 s wait
+        # another process held the progress store's lock past BERTH_STORE_WAIT
         log.warning("%s: the progress store: %s", request.path, error)
         return error_response(503, "store_busy", "Berth's progress store is busy (another program holds it); "
                                                  "try again in a moment. Nothing was lost.")
