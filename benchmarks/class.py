@@ -36,6 +36,7 @@ from pathlib import Path
 
 import requests
 
+from benchmarks._host import Watch, host_memory
 from benchmarks.checks import PROMPT, SLUG, Page, percentile
 from berth.config import PROJECT_DIR
 from berth.lessons import Lesson, load_lesson
@@ -45,8 +46,6 @@ from tests.terminal_client import TerminalClient
 SESSION_TIMEOUT = 300  # seconds a session may take to be ready when a whole class arrives
 COMMAND_TIMEOUT = 600  # a command's prompt (installing packages in a loaded machine is slow)
 TICK_TIMEOUT = 120  # a task's tick after its last command
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def class_lesson() -> Lesson:
@@ -169,77 +168,6 @@ def attend(url: str, lesson: Lesson, learner: Learner, start: float, say: Callab
     except Exception as error:  # noqa: BLE001 - every failure is a result to report
         learner.failure = f"{step}: {type(error).__name__}: {error}"
         say(f"learner {learner.number}: failed: {learner.failure}")
-
-
-class Watch:
-    """Samples Berth's process tree (CPU, resident memory) and the host's available memory
-    from /proc once a second, in a thread of its own."""
-
-    def __init__(self, root_pid: int, interval: float = 1.0):
-        self.root = root_pid
-        self.interval = interval
-        self.samples: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def tree(self) -> dict[int, tuple[float, int]]:
-        """pid: (CPU seconds with reaped children's, resident bytes) of the root and its descendants."""
-        stats: dict[int, tuple[int, list[str]]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    text = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue  # ended meanwhile
-                fields = text.rsplit(")", 1)[1].split()
-                stats[int(entry)] = (int(fields[1]), fields)
-        members = {self.root}
-        grew = True
-        while grew:
-            found = {pid for pid, (parent, _) in stats.items() if parent in members} - members
-            members |= found
-            grew = bool(found)
-        return {pid: (sum(int(f) for f in stats[pid][1][11:15]) / CLOCK_TICKS, int(stats[pid][1][21]) * PAGE_SIZE)
-                for pid in members if pid in stats}
-
-    def sample(self) -> dict:
-        tree = self.tree()
-        return {"t": time.monotonic(), "cpu": sum(c for c, _ in tree.values()),
-                "rss": sum(r for _, r in tree.values()), "processes": len(tree), "available": host_memory()["available"]}
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.samples.append(self.sample())
-
-    def start(self) -> Watch:
-        self.samples.append(self.sample())
-        self._thread.start()
-        return self
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join()
-        self.samples.append(self.sample())
-        first, last = self.samples[0], self.samples[-1]
-        took = last["t"] - first["t"]
-        rates = [(b["cpu"] - a["cpu"]) / (b["t"] - a["t"]) for a, b in zip(self.samples, self.samples[1:], strict=False)
-                 if b["t"] > a["t"]]
-        return {"cpu_seconds": last["cpu"] - first["cpu"], "seconds": took,
-                "cpu_mean_percent": 100 * (last["cpu"] - first["cpu"]) / took if took else 0.0,
-                "cpu_peak_percent": 100 * max(rates, default=0.0),
-                "rss_start_mib": first["rss"] / 2**20, "rss_peak_mib": max(s["rss"] for s in self.samples) / 2**20,
-                "processes": max(s["processes"] for s in self.samples),
-                "host_available_start_mib": first["available"] / 2**20,
-                "host_available_low_mib": min(s["available"] for s in self.samples) / 2**20}
-
-
-def host_memory() -> dict[str, int]:
-    """The host's total and available memory in bytes (/proc/meminfo)."""
-    values = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        name, value = line.split(":", 1)
-        values[name] = int(value.split()[0]) * 1024
-    return {"total": values["MemTotal"], "available": values["MemAvailable"]}
 
 
 def describe(values: list[float]) -> dict | None:
