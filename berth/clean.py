@@ -42,6 +42,10 @@ def clean(backend: MachineBackend, named: list[str] | None = None, say=print) ->
         names = backend.remove_all(instance_id)
         removed.append(instance_id)
         say(f"{instance_id}: removed {len(names)} thing(s): {', '.join(sorted(names)) or '-'}")
+    if not named:
+        shared = backend.remove_unused_shared()
+        if shared:
+            say(f"removed what no running Berth uses: {', '.join(sorted(shared))}")
     if not found and not named:
         say("nothing of Berth's is on the engine")
     return removed

@@ -5,6 +5,7 @@ unmodified `docker pull IMAGE` works in a machine with no public registry in rea
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import subprocess
@@ -45,6 +46,29 @@ CMD ["bash"]
 # named under berthlab/: not an official image's name, and a Docker Hub style name, which
 # the registry mirror serves.
 LESSON_IMAGES = {"berthlab/hello:1": "lesson-images/hello"}
+# The mirror's content: a seed volume per set of images (Mirror)
+SEED_PREFIX = "berth-mirror-seed-"
+SEED_ROLE = "mirror-seed"
+REGISTRY_DIR = "/var/lib/docker-registry"
+FILLED_MARK = ".berth-filled"
+FILL_WAIT = 300  # seconds a Berth waits for another one filling the same seed
+
+
+class MirrorError(Exception):
+    """The mirror cannot be filled."""
+
+
+def tar_of(files: dict[str, bytes], mode: int = 0o600) -> bytes:
+    """A tar archive of `files` (name: content), for the engine's put_archive."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def split_reference(image: str) -> tuple[str, str]:
@@ -255,8 +279,14 @@ class Setup:
 
 class Mirror:
     """The registry mirror of one Berth: a read-only registry that every session's
-    network reaches as `berth-mirror`, filled from the host engine by a short-lived
-    writer that listens on the engine host's loopback only."""
+    network reaches as `berth-mirror`, serving the lesson images from a seed volume.
+
+    The seed is named by what it holds (the images' ids and the mirror image's), so Berths
+    serving the same images share one, filled once by a short-lived writer that listens on
+    the engine host's loopback only; each Berth's reader mounts it read-only. The seed is
+    set-up, like the images `./run` builds: it outlives a Berth, and `./run clean` removes
+    the seeds no Berth mounts. (Filling took 20-30 s of a Berth's start on a loaded host:
+    a `docker push` compresses every layer each time.)"""
 
     def __init__(self, client: docker.DockerClient, config: Config, instance_id: str):
         self.client = client
@@ -270,19 +300,43 @@ class Mirror:
         self._lock = threading.Lock()
 
     def start(self, images: list[str]) -> str | None:
-        """Run the reader, then push the images; returns the reader's container id."""
+        """Run the reader on the seed of `images`, filling the seed first if no Berth has;
+        returns the reader's container id."""
         with self._lock:
             try:
-                self.container_id = self._reader()
-                self._fill(images)
+                servable = self._servable(images)
+                seed = self._seed(servable)
+                self.container_id = self._reader(seed)
+                if not self._filled():
+                    self._fill(seed, servable)
                 self.status, self.message = "ready", ""
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+            except (docker.errors.DockerException, requests.exceptions.RequestException, MirrorError) as error:
                 self.status = "failed"
                 self.message = f"the registry mirror is not working: {str(error)[:300]}"
                 log.error("%s", self.message)
             return self.container_id
 
-    def _reader(self) -> str:
+    def _servable(self, images: list[str]) -> list[tuple[str, str]]:
+        """(image, path in the mirror) of the images the mirror can serve."""
+        todo = [(image, mirror_path(image)) for image in dict.fromkeys(images)]
+        for image, path in todo:
+            if path is None:
+                log.warning("%s is not a Docker Hub image; machines cannot pull it through the mirror", image)
+        return [(image, path) for image, path in todo if path and self._present(image)]
+
+    def _seed(self, servable: list[tuple[str, str]]) -> str:
+        """The seed volume's name: a hash of what it serves, made of what."""
+        made_of = [self.client.images.get(self.config.mirror_image).id] + sorted(
+            f"{path}={self.client.images.get(image).id}" for image, path in servable)
+        key = hashlib.sha256(json.dumps(made_of).encode()).hexdigest()[:16]
+        name = f"{SEED_PREFIX}{key}"
+        try:
+            self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            self.client.volumes.create(name, labels={"berth.role": SEED_ROLE})
+        return name
+
+    def _reader(self, seed: str) -> str:
         try:
             container = self.client.containers.get(self.name)
             if container.status != "running":
@@ -290,7 +344,6 @@ class Mirror:
             return container.id
         except docker.errors.NotFound:
             pass
-        volume = self.client.volumes.create(self.name, labels=self.labels)
         try:
             network = self.client.networks.get(self.name)
         except docker.errors.NotFound:
@@ -298,7 +351,7 @@ class Mirror:
                                                   labels=self.labels)
         container = self.client.containers.run(
             self.config.mirror_image, name=self.name, detach=True, labels=self.labels,
-            network=network.name, volumes={volume.name: {"bind": "/var/lib/docker-registry", "mode": "ro"}},
+            network=network.name, volumes={seed: {"bind": REGISTRY_DIR, "mode": "ro"}},
             # the mirror sits on every session's network: it must never route between them
             sysctls={"net.ipv4.ip_forward": "0"},
             restart_policy={"Name": "unless-stopped"}, mem_limit="256m", pids_limit=200,
@@ -306,26 +359,44 @@ class Mirror:
         )
         return container.id
 
-    def _fill(self, images: list[str]) -> None:
-        todo = [(image, mirror_path(image)) for image in dict.fromkeys(images)]
-        for image, path in todo:
-            if path is None:
-                log.warning("%s is not a Docker Hub image; machines cannot pull it through the mirror", image)
-        todo = [(image, path) for image, path in todo if path]
-        present = [(i, p) for i, p in todo if self._present(i)]
-        if not present:
-            return
-        writer = self.client.containers.run(
-            self.config.mirror_image, ["/etc/berth/config.yml"], detach=True, remove=False,
-            labels=self.labels, name=f"{self.name}-writer-{int(time.time())}",
-            volumes={self.name: {"bind": "/var/lib/docker-registry", "mode": "rw"}},
-            ports={"5000/tcp": ("127.0.0.1", None)},
-        )
+    def _filled(self) -> bool:
+        """The seed holds every image: its writer left the mark, seen through the reader."""
+        try:
+            stream, _ = self.client.api.get_archive(self.container_id, f"{REGISTRY_DIR}/{FILLED_MARK}")
+            for _ in stream:
+                pass
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    def _fill(self, seed: str, servable: list[tuple[str, str]]) -> None:
+        """Push the images into the seed through a writer, then leave the mark. The writer's
+        name is the seed's: a second Berth filling the same seed at once waits for the first
+        (the engine refuses a second container of that name) and then finds the mark."""
+        deadline = time.monotonic() + FILL_WAIT
+        while True:
+            try:
+                writer = self.client.containers.run(
+                    self.config.mirror_image, ["/etc/berth/config.yml"], detach=True, remove=False,
+                    labels=self.labels, name=f"{seed}-writer",
+                    volumes={seed: {"bind": REGISTRY_DIR, "mode": "rw"}},
+                    ports={"5000/tcp": ("127.0.0.1", None)},
+                )
+                break
+            except docker.errors.APIError as error:
+                if error.status_code != 409:
+                    raise
+            if self._filled():
+                return
+            if time.monotonic() > deadline:
+                raise MirrorError(f"another Berth has been filling {seed} for {FILL_WAIT} s; "
+                                  f"if none runs, `./run clean` removes its writer")
+            time.sleep(0.5)
         try:
             writer.reload()
             port = writer.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"]
             time.sleep(0.3)
-            for image, path in present:
+            for image, path in servable:
                 target = f"127.0.0.1:{port}/{path}"
                 repository, tag = target.rsplit(":", 1)
                 self.client.images.get(image).tag(repository, tag)
@@ -341,6 +412,7 @@ class Mirror:
                     log.info("mirror: %s is served as %s", image, path)
                 finally:
                     self.client.api.remove_image(target, noprune=True)
+            writer.put_archive(REGISTRY_DIR, tar_of({FILLED_MARK: b"filled\n"}))
         finally:
             writer.remove(force=True)
 

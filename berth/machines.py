@@ -7,12 +7,10 @@ runs each machine as a container on a Docker engine, the local one or DOCKER_HOS
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import logging
 import os
 import socket
-import tarfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -29,7 +27,7 @@ from docker.types import IPAMConfig, IPAMPool, Mount
 from .bounded import bound_engine_client
 from .certs import CertificateAuthority
 from .config import Config
-from .images import Mirror
+from .images import SEED_ROLE, Mirror, tar_of
 from .isolation import Isolation, IsolationError, egress_rules
 from .isolation import choose as choose_isolation
 from .locks import KeyedLocks
@@ -267,6 +265,11 @@ class MachineBackend(ABC):
         """Every Berth instance that has anything on the backend, by instance id: for
         `./run clean`, which removes what Berths that no longer run left behind."""
         return {}
+
+    def remove_unused_shared(self) -> list[str]:
+        """Remove what Berths share (the mirror's seeds) that no running Berth uses, for
+        `./run clean`; returns the names removed."""
+        return []
 
     # --- sessions' machines
 
@@ -637,7 +640,7 @@ class DockerMachines(MachineBackend):
             addresses.insert(0, reach_address)  # Berth's way in
         if addresses:
             cert = self.authority.server_certificate(name, addresses)
-            api.put_archive(container_id, "/etc/berth/tls", _tar({
+            api.put_archive(container_id, "/etc/berth/tls", tar_of({
                 "ca.pem": cert.ca_pem, "cert.pem": cert.cert_pem, "key.pem": cert.key_pem,
             }))
         try:
@@ -937,6 +940,16 @@ class DockerMachines(MachineBackend):
     def remove_all(self, instance_id: str | None = None) -> list[str]:
         return remove_instance(self.host, instance_id or self.instance_id)
 
+    def remove_unused_shared(self) -> list[str]:
+        removed = []
+        for volume in self.host.volumes.list(filters={"label": f"{LABEL_ROLE}={SEED_ROLE}"}):
+            try:
+                volume.remove()  # the engine refuses while a mirror mounts it
+                removed.append(volume.name)
+            except docker.errors.APIError:
+                pass
+        return removed
+
     def instances(self) -> dict[str, Leftovers]:
         found: dict[str, Leftovers] = {}
         filters = {"label": LABEL_INSTANCE}
@@ -1021,18 +1034,6 @@ def _file_problem(machine: Machine, path: str, error: Exception) -> FileProblem:
     else:
         reason = "other"
     return FileProblem(reason, text)
-
-
-def _tar(files: dict[str, bytes], mode: int = 0o600) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = mode
-            info.mtime = int(time.time())
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def routed_networks(table: str = "/proc/net/route") -> list[ipaddress.IPv4Network]:

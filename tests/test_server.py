@@ -17,7 +17,16 @@ import requests
 
 from berth.config import PROJECT_DIR
 
-from .conftest import KEEP, BerthServer, free_port, labelled, machine_container, remove_instance, wait_until
+from .conftest import (
+    KEEP,
+    BerthServer,
+    free_port,
+    in_machine,
+    labelled,
+    machine_container,
+    remove_instance,
+    wait_until,
+)
 from .terminal_client import TerminalClient
 
 pytestmark = pytest.mark.engine
@@ -119,6 +128,58 @@ def test_clean_removes_what_a_killed_berth_left_and_keeps_a_running_ones(engine,
         running.stop()
         remove_instance(engine, killed.instance_id)
         remove_instance(engine, running.instance_id)
+
+
+SEED_LESSON = """\
+title: Seed
+machines: [{name: workstation}]
+images: ["%s"]
+tasks:
+  - id: anything
+    title: Anything
+    checks: [{kind: image, machine: workstation, name: "%s"}]
+"""
+
+
+def test_berths_serving_the_same_images_share_one_mirror_seed_filled_once(engine, tmp_path):
+    """The mirror's content is filled by the first Berth that serves a set of images and
+    mounted read-only by the next ones, whose machines pull from it; `./run clean` keeps it
+    while a Berth uses it and removes it after. An image of this test's own makes the set
+    (and so the seed) this test's alone."""
+    image = f"berthlab/seed-test-{os.urandom(3).hex()}:1"
+    engine.images.get(os.environ.get("BERTH_BASE_IMAGE", "debian:bookworm")).tag(image)
+    lessons = tmp_path / "lessons"
+    (lessons / "seed").mkdir(parents=True)
+    (lessons / "seed" / "lesson.yaml").write_text(SEED_LESSON % (image, image))
+    settings = {"BERTH_LESSONS_DIR": str(lessons)}
+    first, second = BerthServer(tmp_path / "first", settings), BerthServer(tmp_path / "second", settings)
+    try:
+        first.start()
+        second.start()
+        assert f"mirror: {image} is served as" in first.log_tail(100)
+        assert "is served as" not in second.log_tail(100)  # nothing pushed: the seed was filled
+        seeds = {mount["Name"] for berth in (first, second)
+                 for mount in engine.containers.get(f"berth-mirror-{berth.instance_id}").attrs["Mounts"]}
+        assert len(seeds) == 1 and next(iter(seeds)).startswith("berth-mirror-seed-"), seeds
+        seed = seeds.pop()
+        session = second.create_session("seed")
+        code, out = in_machine(engine, session, "workstation", f"docker pull {image}")
+        assert code == 0 and "Downloaded newer image" in out, out  # from the seed, through the mirror
+
+        first.stop()
+        kept = subprocess.run([sys.executable, "-m", "berth.clean"], cwd=PROJECT_DIR, capture_output=True,
+                              text=True, timeout=120)
+        assert engine.volumes.get(seed), kept.stdout  # the second Berth's mirror still mounts it
+        second.stop()
+        removed = subprocess.run([sys.executable, "-m", "berth.clean"], cwd=PROJECT_DIR, capture_output=True,
+                                 text=True, timeout=120)
+        assert seed in removed.stdout, removed.stdout
+        assert seed not in [v.name for v in engine.volumes.list()]
+    finally:
+        for berth in (first, second):
+            berth.stop()
+            berth.remove_leftovers()
+        engine.images.remove(image)
 
 
 def test_a_second_berth_on_the_same_data_folder_is_refused_in_one_line(engine, tmp_path):
