@@ -71,6 +71,10 @@ class EngineUnavailable(MachineError):
     code = "engine_unavailable"
 
 
+class MachineStopped(MachineError):
+    """The machine stopped while Berth waited for it (wait_ready): waiting longer is no use."""
+
+
 @dataclass(frozen=True)
 class Machine:
     """A learner machine as the backend sees it."""
@@ -281,7 +285,8 @@ class MachineBackend(ABC):
 
     @abstractmethod
     def wait_ready(self, machine: Machine, timeout: float) -> None:
-        """Return when the machine's engine answers; MachineError after timeout."""
+        """Return when the machine's engine answers; MachineError after timeout, or
+        MachineStopped as soon as the machine is seen stopped."""
 
     def preload(self, machine: Machine, images: list[str], timeout: float = 300) -> None:
         """Pull `images` into the machine's own engine as the learner's `docker pull` would
@@ -709,7 +714,7 @@ class DockerMachines(MachineBackend):
                 state = self._state(machine)
                 if state not in ("running", "created"):
                     logs = self._logs(machine)
-                    raise MachineError(f"The machine {machine.name} stopped while starting.",
+                    raise MachineStopped(f"The machine {machine.name} stopped while starting.",
                                        f"state {state}; log: {logs}") from None
             time.sleep(0.05)
         raise MachineError(f"The machine {machine.name} did not get ready in {timeout:.0f} s.",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .lessons import Library
-from .machines import Machine, MachineBackend, MachineError
+from .machines import Machine, MachineBackend, MachineError, MachineStopped
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ READY_TIMEOUT = 60  # seconds a kit's machine may take to answer
 PRELOAD_TIMEOUT = 300  # seconds to pull a lesson's images into one machine
 LOOK_EVERY = 2.0  # seconds between looks at what is missing, when nothing wakes the pool sooner
 RETRY_AFTER = 30.0  # seconds before a lesson whose kit failed is tried again
+STOP_WAIT = 8.0  # seconds stopping waits for kits being made to stop by themselves
 
 
 @dataclass
@@ -92,9 +93,11 @@ class Pool:
             return set(self._kits) | set(self._handing)
 
     def counted(self) -> int:
-        """Kits that count against BERTH_MAX_SESSIONS (not those already giving way)."""
+        """Kits that count against BERTH_MAX_SESSIONS: those not giving way, and those being
+        handed to a session whose record is not stored yet (counted twice for a moment rather
+        than not at all)."""
         with self._lock:
-            return sum(1 for kit in self._kits.values() if not kit.cancelled)
+            return sum(1 for kit in self._kits.values() if not kit.cancelled) + len(self._handing)
 
     def report(self) -> dict[str, dict[str, int]]:
         """Per lesson: warm and filling kits, and how many are wanted (/healthz)."""
@@ -186,7 +189,15 @@ class Pool:
         with self._lock:
             for kit in self._kits.values():
                 kit.cancelled = True
-        self._fills.shutdown(wait=True, cancel_futures=True)
+        self._fills.shutdown(wait=False, cancel_futures=True)
+        # Kits being made stop at their next step (a machine being created finishes first);
+        # what is left after STOP_WAIT is removed here, and again by its fill when it ends.
+        deadline = time.monotonic() + min(timeout, STOP_WAIT)
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(k.state == "filling" for k in self._kits.values()):
+                    break
+            time.sleep(0.1)
         with self._lock:
             left = list(self._kits)
         for session_id in left:
@@ -273,12 +284,15 @@ class Pool:
             kit.machines = machines
 
             def ready(machine: Machine) -> None:
-                self.backend.wait_ready(machine, READY_TIMEOUT)
-                if lesson.preload and not (kit.cancelled or self._stop.is_set()):
-                    self.backend.preload(machine, list(lesson.preload), PRELOAD_TIMEOUT)
+                self._wait_ready(kit, machine)
+                for image in lesson.preload:
+                    if self._cancelled(kit):
+                        return
+                    self.backend.preload(machine, [image], PRELOAD_TIMEOUT)
 
-            with ThreadPoolExecutor(max_workers=len(machines)) as each:
-                list(each.map(ready, machines))
+            if not self._cancelled(kit):
+                with ThreadPoolExecutor(max_workers=len(machines)) as each:
+                    list(each.map(ready, machines))
         except Exception as error:  # noqa: BLE001 - a failed kit is removed and tried again later
             why = error.message if isinstance(error, MachineError) else f"{type(error).__name__}: {error}"
             detail = getattr(error, "detail", "")
@@ -295,6 +309,23 @@ class Pool:
             kit.state = "warm"
         log.info("pool: a kit of %s is warm (session id %s) in %.1f s", kit.lesson, kit.session_id,
                  time.monotonic() - started)
+
+    def _cancelled(self, kit: Kit) -> bool:
+        return kit.cancelled or self._stop.is_set()
+
+    def _wait_ready(self, kit: Kit, machine: Machine) -> None:
+        """The machine's engine answers, waited for a second at a time so that a kit given
+        up (Berth stopping) stops waiting; a machine that stopped fails at once."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self._cancelled(kit):
+            try:
+                self.backend.wait_ready(machine, 1)
+                return
+            except MachineStopped:
+                raise
+            except MachineError:
+                if time.monotonic() > deadline:
+                    raise
 
     def _discard(self, kit: Kit) -> None:
         try:
