@@ -159,7 +159,7 @@ class Config(BaseSettings):
     mirror_image: str = setting("berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.")
     max_sessions: int = setting(20, "Most sessions at once; more are refused with 503 until one ends.")
     sessions_per_client: int = setting(6, "Most sessions started from one client address at once (a learner's lessons), answered 429 beyond; workshop seats do not count; 0: no limit. Behind a shared address (a school's NAT) raise it, or use workshops.")
-    pool: PoolSizes = setting("1", "Sessions made ahead of time for each lesson (machines ready, lesson images pulled), taken by the next learners so that they start at once and refilled behind them: a number for every lesson, LESSON=NUMBER pairs, or both (`1,docker-images=3`); 0: none. They count against BERTH_MAX_SESSIONS and give way to learners' sessions; a workshop adds its open seats.")
+    pool: PoolSizes = setting("1", "Sessions made ahead of time for each lesson (machines ready, lesson images pulled), taken by the next learners so that they start at once and refilled behind them: a number for every lesson, LESSON=NUMBER pairs, or both (`1,docker-images=3`); 0: none (workshops' seats neither). They count against BERTH_MAX_SESSIONS and give way to learners' sessions; a workshop adds its open seats.")
     session_ttl: Duration = setting("4h", "A session ends this long after it started.")
     session_idle: Duration = setting("1h", "A session ends after this long without the learner's browser or API calls.")
     machine_memory: Size = setting("1g", "Memory limit of one machine, its containers included.")

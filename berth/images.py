@@ -45,6 +45,9 @@ CMD ["bash"]
 # named under berthlab/: not an official image's name, and a Docker Hub style name, which
 # the registry mirror serves.
 LESSON_IMAGES = {"berthlab/hello:1": "lesson-images/hello"}
+# What a push to the mirror's writer says while the writer is still starting: nothing
+# listens yet, or (on a loaded host) its port takes the connection and drops it.
+STARTING = ("connection refused", ": EOF", "connection reset by peer")
 
 
 def split_reference(image: str) -> tuple[str, str]:
@@ -330,16 +333,14 @@ class Mirror:
                 repository, tag = target.rsplit(":", 1)
                 self.client.images.get(image).tag(repository, tag)
                 try:
-                    for _ in range(20):
+                    for attempt in range(40):
                         result = self.client.api.push(repository, tag=tag, stream=True, decode=True)
                         errors = [r["error"] for r in result if "error" in r]
                         if not errors:
                             break
-                        if "connection refused" not in errors[0] and not errors[0].endswith(": EOF"):
+                        if not any(word in errors[0] for word in STARTING) or attempt == 39:
                             raise docker.errors.APIError(errors[0])
-                        # the writer is still starting (on a loaded host it may accept the
-                        # connection and close it before it serves: EOF)
-                        time.sleep(0.25)
+                        time.sleep(0.25)  # the writer is still starting
                     log.info("mirror: %s is served as %s", image, path)
                 finally:
                     self.client.api.remove_image(target, noprune=True)

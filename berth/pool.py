@@ -78,8 +78,15 @@ class Pool:
         sizes = self.config.pool
         return sizes.get(slug, sizes.get("*", 0))
 
+    @property
+    def enabled(self) -> bool:
+        """BERTH_POOL=0 turns the pool off, workshops' seats included: every start is cold."""
+        return any(size > 0 for size in self.config.pool.values())
+
     def wanted(self) -> dict[str, int]:
         """Warm kits wanted per lesson: BERTH_POOL's size plus the workshops' open seats."""
+        if not self.enabled:
+            return {}
         try:
             extra = self.extra()
         except Exception:  # noqa: BLE001 - the pool still serves BERTH_POOL's sizes
