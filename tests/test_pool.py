@@ -200,6 +200,8 @@ def test_kits_give_way_to_learners_and_a_workshop_gets_its_seats_within_capacity
     sessions = []
     try:
         wait_warm(server, "image-layers", 2)
+        capacity = server.get("/api/capacity", server.instructor_token).json()
+        assert capacity["made_ahead"] == 2 and capacity["sessions"] == 0, capacity
         sessions.append(server.create_session("export-import"))  # a cold one: a kit makes room for it
         wait_until(lambda: len(kit_ids(engine, server, sessions)) <= 1, 60,
                    lambda: f"kits did not give way: {pool_of(server)}")
