@@ -130,14 +130,14 @@ class Sessions:
         need_disk, need_memory = self.config.min_free_disk, self.config.min_free_memory
         if disk is not None and need_disk and disk < need_disk:
             return SessionError(503, "low_disk",
-                               f"The server is low on disk ({disk / 2**30:.1f} GiB free, Berth keeps "
-                               f"{need_disk / 2**30:.1f} GiB free: BERTH_MIN_FREE_DISK); no new session "
-                               "starts until space is freed. Tell whoever runs Berth.")
+                                f"The server is low on disk ({disk / 2**30:.1f} GiB free, Berth keeps "
+                                f"{need_disk / 2**30:.1f} GiB free: BERTH_MIN_FREE_DISK); no new session "
+                                "starts until space is freed. Tell whoever runs Berth.")
         if memory is not None and need_memory and memory < need_memory:
             return SessionError(503, "low_memory",
-                               f"The server is low on memory ({memory / 2**30:.1f} GiB available, Berth "
-                               f"keeps {need_memory / 2**30:.1f} GiB: BERTH_MIN_FREE_MEMORY); no new session "
-                               "starts until some ends. Tell whoever runs Berth.")
+                                f"The server is low on memory ({memory / 2**30:.1f} GiB available, Berth "
+                                f"keeps {need_memory / 2**30:.1f} GiB: BERTH_MIN_FREE_MEMORY); no new session "
+                                "starts until some ends. Tell whoever runs Berth.")
         return None
 
     def _start_machines(self, session_id: str, names: list[str], kit: Kit | None = None,
