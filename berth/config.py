@@ -52,6 +52,20 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def parse_pool(text: str) -> dict[str, int]:
+    """'1' -> {'*': 1}; 'docker-images=2, image-basics=0' -> by lesson; '1,docker-images=3'
+    -> both ('*' is every lesson not named)."""
+    sizes: dict[str, int] = {}
+    for item in parse_list(text):
+        slug, _, number = item.rpartition("=")
+        slug = slug.strip() or "*"
+        if not number.strip().isdigit() or not re.fullmatch(r"\*|[a-z][a-z0-9-]{0,30}", slug):
+            raise ValueError(f"not a pool size: {item!r} (use a number for every lesson, or LESSON=NUMBER, "
+                             "for example docker-images=2,image-basics=1)")
+        sizes[slug] = int(number)
+    return sizes
+
+
 def _text_or(parse):
     """Parse text; a value already parsed (a default, a test's override) passes as it is."""
     return lambda value: parse(value) if isinstance(value, str) else value
@@ -97,6 +111,7 @@ Networks = Annotated[CommaList, AfterValidator(_networks)]
 Origins = Annotated[CommaList, AfterValidator(_no_wildcard)]
 ProjectPath = Annotated[Path, AfterValidator(_project_path)]
 WebAddress = Annotated[str, AfterValidator(_web_address)]
+PoolSizes = Annotated[dict[str, int], BeforeValidator(_text_or(parse_pool))]
 OptionalSize = Annotated[str, AfterValidator(_size_or_empty)]  # kept as text: the machine's disk tool reads it
 
 
@@ -144,6 +159,7 @@ class Config(BaseSettings):
     mirror_image: str = setting("berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.")
     max_sessions: int = setting(20, "Most sessions at once; more are refused with 503 until one ends.")
     sessions_per_client: int = setting(6, "Most sessions started from one client address at once (a learner's lessons), answered 429 beyond; workshop seats do not count; 0: no limit. Behind a shared address (a school's NAT) raise it, or use workshops.")
+    pool: PoolSizes = setting("1", "Sessions made ahead of time for each lesson (machines ready, lesson images pulled), taken by the next learners so that they start at once and refilled behind them: a number for every lesson, LESSON=NUMBER pairs, or both (`1,docker-images=3`); 0: none (workshops' seats neither). They count against BERTH_MAX_SESSIONS and give way to learners' sessions; a workshop adds its open seats.")
     session_ttl: Duration = setting("4h", "A session ends this long after it started.")
     session_idle: Duration = setting("1h", "A session ends after this long without the learner's browser or API calls.")
     machine_memory: Size = setting("1g", "Memory limit of one machine, its containers included.")

@@ -69,6 +69,9 @@ def tar_of(files: dict[str, bytes], mode: int = 0o600) -> bytes:
             info.mtime = int(time.time())
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+# What a push to the mirror's writer says while the writer is still starting: nothing
+# listens yet, or (on a loaded host) its port takes the connection and drops it.
+STARTING = ("connection refused", ": EOF", "connection reset by peer")
 
 
 def split_reference(image: str) -> tuple[str, str]:
@@ -401,12 +404,12 @@ class Mirror:
                 repository, tag = target.rsplit(":", 1)
                 self.client.images.get(image).tag(repository, tag)
                 try:
-                    for _ in range(20):
+                    for attempt in range(40):
                         result = self.client.api.push(repository, tag=tag, stream=True, decode=True)
                         errors = [r["error"] for r in result if "error" in r]
                         if not errors:
                             break
-                        if "connection refused" not in errors[0]:
+                        if not any(word in errors[0] for word in STARTING) or attempt == 39:
                             raise docker.errors.APIError(errors[0])
                         time.sleep(0.25)  # the writer is still starting
                     log.info("mirror: %s is served as %s", image, path)

@@ -229,7 +229,8 @@ def capacity() -> dict[str, Any]:
     machines = sum(1 for s in active for m in s.machines if m.status in ("ready", "starting"))
     memory: dict[str, Any] = {"per_machine_limit": state.config.machine_memory, **state.backend.memory()}
     return {"sessions": store.count_active(), "max_sessions": state.config.max_sessions,
-            "machines": machines, "memory": memory}
+            "machines": machines, "memory": memory,
+            "made_ahead": state.pool.counted()}  # sessions the pool holds ready (they count against the maximum)
 
 
 # --- pages

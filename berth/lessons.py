@@ -71,6 +71,8 @@ class LessonSpec(Strict):
     machines: list[MachineSpec] = Field(min_length=1)
     variables: dict[str, Variable] = {}
     images: list[str] = Field(default=[], description="images machines pull; the mirror serves them")
+    preload: list[str] | None = Field(default=None, description="images already in a machine taken from the "
+                                      "pool (default: images); [] when pulling is the lesson's task")
     text: str = ""
     tasks: list[TaskSpec] = Field(min_length=1)
 
@@ -137,6 +139,7 @@ class Lesson:
     order: int
     machines: tuple[str, ...]
     images: tuple[str, ...]
+    preload: tuple[str, ...]  # images a machine made ahead of time already holds
     variables: dict[str, str]
     html: str
     tasks: tuple[Task, ...]
@@ -275,6 +278,7 @@ def load_lesson(folder: Path, settings: dict[str, str], known_kinds: dict[str, A
         slug=folder.name, title=spec.title, summary=spec.summary, order=spec.order,
         machines=tuple(m.name for m in spec.machines),
         images=tuple(substitute(i, variables) for i in spec.images),
+        preload=tuple(substitute(i, variables) for i in (spec.images if spec.preload is None else spec.preload)),
         variables=variables, html=text_of(spec.text, "text"), tasks=tuple(tasks),
     )
 
@@ -318,4 +322,6 @@ class Library:
         return self.lessons[slugs[index + 1]] if index + 1 < len(slugs) else None
 
     def images(self) -> list[str]:
-        return list(dict.fromkeys(image for lesson in self.lessons.values() for image in lesson.images))
+        """Every image a lesson uses or preloads: the mirror serves them all."""
+        return list(dict.fromkeys(image for lesson in self.lessons.values()
+                                  for image in (*lesson.images, *lesson.preload)))

@@ -27,7 +27,7 @@ from docker.types import IPAMConfig, IPAMPool, Mount
 from .bounded import bound_engine_client
 from .certs import CertificateAuthority
 from .config import Config
-from .images import SEED_ROLE, Mirror, tar_of
+from .images import SEED_ROLE, Mirror, split_reference, tar_of
 from .isolation import Isolation, IsolationError, egress_rules
 from .isolation import choose as choose_isolation
 from .locks import KeyedLocks
@@ -67,6 +67,10 @@ class MachineError(Exception):
 class EngineUnavailable(MachineError):
     status = 503
     code = "engine_unavailable"
+
+
+class MachineStopped(MachineError):
+    """The machine stopped while Berth waited for it (wait_ready): waiting longer is no use."""
 
 
 @dataclass(frozen=True)
@@ -284,7 +288,27 @@ class MachineBackend(ABC):
 
     @abstractmethod
     def wait_ready(self, machine: Machine, timeout: float) -> None:
-        """Return when the machine's engine answers; MachineError after timeout."""
+        """Return when the machine's engine answers; MachineError after timeout, or
+        MachineStopped as soon as the machine is seen stopped."""
+
+    def preload(self, machine: Machine, images: list[str], timeout: float = 300) -> None:
+        """Pull `images` into the machine's own engine as the learner's `docker pull` would
+        (through the registry mirror), so that the first `docker run` of them starts at once:
+        for machines made ahead of time (berth/pool.py). MachineError if one cannot be pulled."""
+        deadline = time.monotonic() + timeout
+        api = self.engine(machine).api
+        for image in images:
+            repository, tag = split_reference(image)
+            try:
+                # a stream, read here to its end: a pull's progress is long, and the machine
+                # is fresh (no learner has had it), so its engine's answer is not bounded
+                for line in api.pull(repository, tag=tag, stream=True, decode=True):
+                    if "error" in line:
+                        raise MachineError(f"{image} could not be pulled into {machine.name}.", str(line["error"]))
+                    if time.monotonic() > deadline:
+                        raise MachineError(f"Pulling {image} into {machine.name} took longer than {timeout:.0f} s.")
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+                raise MachineError(f"{image} could not be pulled into {machine.name}.", str(error)) from None
 
     @abstractmethod
     def start(self, machine: Machine) -> None:
@@ -693,7 +717,7 @@ class DockerMachines(MachineBackend):
                 state = self._state(machine)
                 if state not in ("running", "created"):
                     logs = self._logs(machine)
-                    raise MachineError(f"The machine {machine.name} stopped while starting.",
+                    raise MachineStopped(f"The machine {machine.name} stopped while starting.",
                                        f"state {state}; log: {logs}") from None
             time.sleep(0.05)
         raise MachineError(f"The machine {machine.name} did not get ready in {timeout:.0f} s.",

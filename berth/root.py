@@ -16,11 +16,12 @@ from .check_framework import CheckRunner
 from .checker import Checker
 from .checks import KINDS
 from .config import Config
-from .events import Bus, LearnerActivity, MachineTrouble, SessionEnded, SessionReady, TasksChanged
+from .events import Bus, LearnerActivity, MachineTrouble, SessionEnded, SessionReady, TasksChanged, WorkshopChanged
 from .lessons import Library
 from .machines import MachineBackend, MachineError
 from .origins import OriginPolicy
 from .owner import DataFolderLock
+from .pool import Pool
 from .ports import PortWatch
 from .sessions import Sessions
 from .store import Store
@@ -77,7 +78,9 @@ class Berth:
                                known_kinds={name: kind.params for name, kind in KINDS.items()})
         self.authority = CertificateAuthority(config.data_dir / "certs")
         self.backend = backend or backend_class(config.machines)(config, self.instance_id, self.authority)
-        self.sessions = Sessions(config, self.store, self.backend, self.library, self.bus)
+        self.pool = Pool(config, self.store, self.backend, self.library)
+        self.sessions = Sessions(config, self.store, self.backend, self.library, self.bus, pool=self.pool)
+        self.pool.room_problem = self.sessions.room_problem
         self.runner = CheckRunner(KINDS)
         self.checker = Checker(config, self.store, self.library, self.backend, self.runner, self.bus)
         self.terminals = Terminals(config, self.sessions, self.backend, self.bus)
@@ -87,6 +90,7 @@ class Berth:
         token, token_made = load_instructor_token(config)
         self.workshops = Workshops(config, self.store, self.sessions, self.library, self.checker.task_list,
                                    self.bus, token=token, token_made=token_made)
+        self.pool.extra = self.workshops.open_seats  # a workshop's seats are made ahead of time too
         self.join_limiter = JoinLimiter()
         self.machine_networks = ipaddress.ip_network(config.network_pool)
         self.state = "starting"  # starting | ready | failed
@@ -105,6 +109,8 @@ class Berth:
         self.bus.subscribe(LearnerActivity, self.workshops.on_activity)
         self.bus.subscribe(SessionReady, lambda event: self.workshops.on_session(event.session_id))
         self.bus.subscribe(SessionEnded, lambda event: self.workshops.on_session(event.session_id))
+        self.bus.subscribe(SessionEnded, lambda event: self.pool.nudge())  # room for a kit, or a seat to refill
+        self.bus.subscribe(WorkshopChanged, lambda event: self.pool.nudge())
 
     def _machine_trouble(self, event: MachineTrouble) -> None:
         if event.what == "stopped":  # checks wait for the machine (SessionReady resumes them)
@@ -130,8 +136,10 @@ class Berth:
         self.state, self.problem = "ready", ""
 
     def stop(self) -> None:
-        """Stop every part and wait for the threads Berth started."""
+        """Stop every part and wait for the threads Berth started; the pool's unclaimed kits
+        are removed (they are nobody's sessions)."""
         self._stop.set()
+        self.pool.stop()
         self.workshops.stop()
         self.terminals.stop()
         self.checker.stop()
@@ -147,6 +155,9 @@ class Berth:
         every machine, network, disk and the mirror, unless BERTH_KEEP_ON_STOP keeps them
         for the next start to take over. Then stop every part."""
         self._stop.set()  # no reaping, no startup retries from here on
+        drained = self.pool.stop()  # before anything else: no kit is made after this
+        if drained:
+            log.info("stopping: removed %d unclaimed kit(s) of the pool", len(drained))
         if self.config.keep_on_stop:
             log.info("stopping; machines are kept for the next start (BERTH_KEEP_ON_STOP)")
             self.stop()
@@ -179,8 +190,20 @@ class Berth:
             if self._stop.wait(5):
                 return
         if not self._stop.is_set():
+            self._start_pool()
             self._spawn(self._reap_forever, "reaper")
             self._spawn(self._follow_machines, "machines-follow")
+
+    def _start_pool(self) -> None:
+        """Before the pool makes kits: remove what an earlier run left on the backend that
+        no session of this one owns (its unclaimed kits, if it did not stop cleanly)."""
+        try:
+            left = self.sessions.remove_leftovers()
+            if left:
+                log.info("removed %d earlier session(s) or kit(s) nobody owns", len(left))
+        except MachineError as error:
+            log.warning("could not look for leftovers: %s", error.message)
+        self.pool.start()
 
     def _follow_machines(self) -> None:
         """Hear what happens to the machines (out of memory, stopped, the engine restarted)

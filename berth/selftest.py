@@ -23,6 +23,7 @@ from .machines import MachineError
 from .root import Berth
 
 DONE_WITHIN = 30.0  # seconds a task may take to show as done after its solution ran
+WARM_WITHIN = 300.0  # seconds the pool may take to make a lesson's session ahead of time (--pool)
 STEP_TIMEOUT = 600  # seconds one solution step may run
 
 
@@ -62,7 +63,17 @@ def missing(state: dict) -> str:
     return "; ".join(f["message"] for f in state["feedback"] if not f["ok"]) or "no feedback"
 
 
-def selftest_lesson(berth: Berth, slug: str, wait: float = DONE_WITHIN) -> Report:
+def wait_for_kit(berth: Berth, slug: str, within: float = WARM_WITHIN) -> bool:
+    """Wait until the pool holds a warm kit of the lesson (--pool)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if berth.pool.report().get(slug, {}).get("warm"):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def selftest_lesson(berth: Berth, slug: str, wait: float = DONE_WITHIN, pooled: bool = False) -> Report:
     report = Report(slug)
     checker = berth.checker
     lesson = berth.library.get(slug)
@@ -74,6 +85,10 @@ def selftest_lesson(berth: Berth, slug: str, wait: float = DONE_WITHIN) -> Repor
             report.fail(f"task {task.id} has no solution to test")
     if not report.ok:
         return report
+    if pooled and not wait_for_kit(berth, slug):
+        report.fail(f"the pool made no session of the lesson ahead of time in {WARM_WITHIN:.0f} s: "
+                    f"{berth.pool.problems().get(slug, 'no reason known')}")
+        return report
     started = time.monotonic()
     record, _ = berth.sessions.create(slug, wait=True)
     try:
@@ -82,8 +97,13 @@ def selftest_lesson(berth: Berth, slug: str, wait: float = DONE_WITHIN) -> Repor
         if failed:
             report.fail("machines did not start: " + "; ".join(failed))
             return report
+        taken = berth.store.facts(record.id, "start", "from") == {"pool"}
+        if pooled and not taken:
+            report.fail("the session was started cold, not taken from the pool")
+            return report
         report.say(f"{slug}: session {record.id}, machines {', '.join(lesson.machines)} ready "
-                   f"in {time.monotonic() - started:.1f} s")
+                   f"in {time.monotonic() - started:.1f} s" + (" (taken from the pool, preloaded: "
+                                                              f"{', '.join(lesson.preload) or 'nothing'})" if taken else ""))
         watch = checker.watch(record.id)
         if watch is None:
             report.fail("the checker cannot watch the session")
@@ -133,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="Berth's data folder (default: a temporary one, removed after)")
     parser.add_argument("--wait", type=float, default=DONE_WITHIN, metavar="SECONDS",
                         help=f"how long a task may take to show as done after its solution (default {DONE_WITHIN:.0f})")
+    parser.add_argument("--pool", action="store_true",
+                        help="take each lesson's session from the pool (made ahead of time, the lesson's images "
+                             "preloaded), as most learners get theirs, instead of starting it cold")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("BERTH_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="berth-selftest-"))
-    config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(data_dir.resolve())})
+    config = Config.from_env({**os.environ, "BERTH_DATA_DIR": str(data_dir.resolve()),
+                              "BERTH_POOL": ",".join(f"{slug}=1" for slug in args.slugs) or "1" if args.pool else "0"})
     berth = Berth(config)
     for slug, error in berth.library.errors.items():
         if not args.slugs or slug in args.slugs:
@@ -145,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     failed = [s for s in berth.library.errors if not args.slugs or s in args.slugs]
     try:
         berth.prepare()
+        if args.pool:
+            berth.pool.start()
         slugs = args.slugs or list(berth.library.lessons)
         for slug in slugs:
             if slug in berth.library.errors:
                 continue
-            if not selftest_lesson(berth, slug, args.wait).ok:
+            if not selftest_lesson(berth, slug, args.wait, pooled=args.pool).ok:
                 failed.append(slug)
     except MachineError as error:
         print(f"FAIL machines: {error.message} {error.detail}", flush=True)

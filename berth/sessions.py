@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from .config import Config
 from .events import Bus, SessionEnded, SessionReady
@@ -18,9 +19,13 @@ from .lessons import Library
 from .machines import Machine, MachineBackend, MachineError
 from .store import MachineRecord, SessionRecord, Store
 
+if TYPE_CHECKING:
+    from .pool import Kit, Pool
+
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60
+KIT_READY_TIMEOUT = 5  # seconds a kit's machines may take to answer again when taken (else a cold start)
 TOUCH_EVERY = 30  # seconds between writes of last_seen_at
 
 
@@ -40,8 +45,10 @@ class Sessions:
     """Sessions come and go here; each one's machines come from the machines backend. Tells
     the bus SessionReady when a session's machines answer, and SessionEnded before they go."""
 
-    def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library, bus: Bus):
+    def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library, bus: Bus,
+                 pool: Pool | None = None):
         self.config = config
+        self.pool = pool  # sessions made ahead of time (berth/pool.py); None: every start is cold
         self.store = store
         self.backend = backend
         self.library = library
@@ -71,7 +78,6 @@ class Sessions:
                     f"Berth is full: {self.config.max_sessions} sessions are running, the most "
                     "this server allows (BERTH_MAX_SESSIONS). Try again when one has ended.",
                 )
-            self._check_room()
             if client and limit and self.store.count_active_from(client) >= limit:
                 raise SessionError(
                     429, "too_many_sessions",
@@ -79,7 +85,10 @@ class Sessions:
                     "allows one address (BERTH_SESSIONS_PER_CLIENT). End one (its page's End "
                     "session button) and try again.",
                 )
-            session_id = secrets.token_hex(6)
+            kit = self.pool.take(slug) if self.pool is not None else None
+            if kit is None:
+                self._check_room()  # a kit is made already: it needs no more room
+            session_id = kit.session_id if kit is not None else secrets.token_hex(6)
             token = secrets.token_urlsafe(32)
             now = time.time()
             record = SessionRecord(
@@ -87,10 +96,19 @@ class Sessions:
                 expires_at=now + self.config.session_ttl, last_seen_at=now,
                 machines=[MachineRecord(name, "starting") for name in lesson.machines],
             )
-            self.store.add_session(record)
-            if client:
-                self.store.add_fact(session_id, "client", "address", client)
-        thread = threading.Thread(target=self._start_machines, args=(session_id, list(lesson.machines)),
+            try:
+                self.store.add_session(record)
+                if client:
+                    self.store.add_fact(session_id, "client", "address", client)
+                if kit is not None:
+                    self.store.add_fact(session_id, "start", "from", "pool")
+            finally:
+                if kit is not None:  # stored, or not: either way the reaper may judge it now
+                    self.pool.handed(session_id)  # type: ignore[union-attr]
+            give_way: list[str] = []
+            if kit is None and self.pool is not None:
+                give_way = self.pool.give_way(self.store.count_active())
+        thread = threading.Thread(target=self._start_machines, args=(session_id, list(lesson.machines), kit, give_way),
                                   name=f"start-{session_id}", daemon=True)
         self._starting[session_id] = thread
         thread.start()
@@ -101,23 +119,38 @@ class Sessions:
     def _check_room(self) -> None:
         """Refuse a new session while the host is low on disk or memory (BERTH_MIN_FREE_*):
         a clear 503 now, rather than machines that break halfway through a lesson."""
+        problem = self.room_problem()
+        if problem is not None:
+            raise problem
+
+    def room_problem(self) -> SessionError | None:
+        """Why no more machines fit on the host now (low disk or memory), or None: new
+        sessions are refused, and the pool makes no kits."""
         disk, memory = self.backend.free_disk(), self.backend.memory().get("available")
         need_disk, need_memory = self.config.min_free_disk, self.config.min_free_memory
         if disk is not None and need_disk and disk < need_disk:
-            raise SessionError(503, "low_disk",
-                               f"The server is low on disk ({disk / 2**30:.1f} GiB free, Berth keeps "
-                               f"{need_disk / 2**30:.1f} GiB free: BERTH_MIN_FREE_DISK); no new session "
-                               "starts until space is freed. Tell whoever runs Berth.")
+            return SessionError(503, "low_disk",
+                                f"The server is low on disk ({disk / 2**30:.1f} GiB free, Berth keeps "
+                                f"{need_disk / 2**30:.1f} GiB free: BERTH_MIN_FREE_DISK); no new session "
+                                "starts until space is freed. Tell whoever runs Berth.")
         if memory is not None and need_memory and memory < need_memory:
-            raise SessionError(503, "low_memory",
-                               f"The server is low on memory ({memory / 2**30:.1f} GiB available, Berth "
-                               f"keeps {need_memory / 2**30:.1f} GiB: BERTH_MIN_FREE_MEMORY); no new session "
-                               "starts until some ends. Tell whoever runs Berth.")
+            return SessionError(503, "low_memory",
+                                f"The server is low on memory ({memory / 2**30:.1f} GiB available, Berth "
+                                f"keeps {need_memory / 2**30:.1f} GiB: BERTH_MIN_FREE_MEMORY); no new session "
+                                "starts until some ends. Tell whoever runs Berth.")
+        return None
 
-    def _start_machines(self, session_id: str, names: list[str]) -> None:
+    def _start_machines(self, session_id: str, names: list[str], kit: Kit | None = None,
+                        give_way: list[str] | None = None) -> None:
+        """Make the session's machines (or take a kit's, made ahead of time) and wait until
+        each machine's engine answers; SessionReady then."""
         started = time.monotonic()
         try:
-            machines = self.backend.create_session(session_id, names)
+            machines = self._kit_machines(session_id, kit) if kit is not None else None
+            if machines is None:
+                if give_way and self.pool is not None:
+                    self.pool.remove(give_way)  # kits over the limit go before this session's machines come
+                machines = self.backend.create_session(session_id, names)
             with ThreadPoolExecutor(max_workers=len(machines)) as pool:
                 list(pool.map(lambda m: self._wait_ready(session_id, m), machines))
         except Exception as error:  # never leave a session "starting" forever
@@ -133,8 +166,22 @@ class Sessions:
             return
         finally:
             self._starting.pop(session_id, None)
-        log.info("session %s ready in %.2f s", session_id, time.monotonic() - started)
+        log.info("session %s ready in %.2f s%s", session_id, time.monotonic() - started,
+                 " (taken from the pool)" if kit is not None else "")
         self.bus.publish(SessionReady(session_id))
+
+    def _kit_machines(self, session_id: str, kit: Kit) -> list[Machine] | None:
+        """A kit's machines if their engines still answer; else None, the kit removed, and
+        the session started cold under the same id."""
+        try:
+            for machine in kit.machines:
+                self.backend.wait_ready(machine, KIT_READY_TIMEOUT)
+            return kit.machines
+        except MachineError as error:
+            log.warning("session %s: the kit taken from the pool does not answer (%s %s); starting cold",
+                        session_id, error.message, error.detail)
+            self.backend.destroy_session(session_id)
+            return None
 
     def _wait_ready(self, session_id: str, machine: Machine) -> None:
         self.backend.wait_ready(machine, READY_TIMEOUT)
@@ -268,11 +315,21 @@ class Sessions:
                 log.info("reaping %s session %s", reason, record.id)
                 self.end(record.id)
                 ended.append(record.id)
+        self.remove_leftovers()
+        return ended
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove anything on the backend of a session this Berth neither has nor is
+        making (an earlier run's, the pool's unclaimed kits of a Berth that did not stop)."""
         # List what the engine has before what the store has: a session gets its row
-        # before anything of it is created, so nothing being created looks orphaned.
+        # before anything of it is created, so nothing being created looks orphaned. The
+        # pool's kits are read before the store too: a kit leaves the pool only after its
+        # session's row is stored.
         labelled = self.backend.session_ids()
-        active = {r.id for r in self.store.sessions()} | set(self._starting) | set(self._ending)
-        for orphan in labelled - active:
+        kits = self.pool.owned() if self.pool is not None else set()
+        active = kits | {r.id for r in self.store.sessions()} | set(self._starting) | set(self._ending)
+        orphans = sorted(labelled - active)
+        for orphan in orphans:
             log.info("removing leftovers of session %s", orphan)
             self.backend.destroy_session(orphan)
-        return ended
+        return orphans

@@ -137,6 +137,11 @@ def healthz():
         report["mirror"] = machines.mirror
     problems += machines.problems
     report["sessions"] = berth.store.count_active()
+    # sessions made ahead of time, per lesson: warm (ready to take), filling, wanted
+    report["pool"] = berth.pool.report()
+    for slug, why in berth.pool.problems().items():
+        if slug in report["pool"]:
+            report["pool"][slug]["problem"] = why
     report["lesson_errors"] = len(berth.library.errors)
     if berth.state != "ready" and not problems:
         problems.append(berth.problem or "Berth is still starting.")

@@ -208,6 +208,7 @@ class Workshops:
                                 seats=seats, created_at=now, expires_at=now + expires_in)
         self.store.add_workshop(record)
         log.info("workshop %s (%s) created: %s, %d seats", record.id, code, lesson, seats)
+        self.bus.publish(WorkshopChanged(record.id, self.summary_json(record)))  # the pool makes its seats
         return record
 
     def get(self, workshop_id: str) -> WorkshopRecord:
@@ -260,6 +261,19 @@ class Workshops:
         log.info("workshop %s: %s joined as session %s", workshop.id, clean, session.id)
         self.push(session.id)
         return workshop, self.store.session(session.id) or session, token
+
+    def open_seats(self) -> dict[str, int]:
+        """Seats nobody holds yet in running workshops, by lesson: the pool makes them ahead
+        of time, so that a class joining at once waits no longer than its first learner."""
+        seats: dict[str, int] = {}
+        now = time.time()
+        for workshop in self.store.workshops():
+            if workshop.over(now):
+                continue
+            free = workshop.seats - len(self.seated(workshop.id))
+            if free > 0:
+                seats[workshop.lesson] = seats.get(workshop.lesson, 0) + free
+        return seats
 
     def learner_of(self, session_id: str) -> tuple[LearnerRecord, WorkshopRecord] | None:
         learner = self.store.learner(session_id)

@@ -22,6 +22,10 @@ from playwright.sync_api import Browser, sync_playwright
 from berth.config import PROJECT_DIR, Config
 from berth.machines import remove_instance
 
+# No sessions made ahead of time unless a test asks (tests/test_pool.py): each Berth a test
+# starts, in its process or as a server, makes only the machines its test asks for.
+os.environ.setdefault("BERTH_POOL", "0")
+
 READY_TIMEOUT = 120
 # Berth removes its machines when it stops; a test that restarts it and expects the
 # learner's machines and shells back keeps them, as an operator would for a restart.
@@ -144,6 +148,16 @@ class BerthServer:
             db.close()
 
     # --- the API
+
+    def fact(self, session_id: str, kind: str, key: str) -> set[str]:
+        """What the store keeps about a session (say, that it was taken from the pool)."""
+        db = sqlite3.connect(self.data_dir / "berth.sqlite3")
+        try:
+            rows = db.execute("SELECT value FROM session_facts WHERE session_id = ? AND kind = ? AND key = ?",
+                              (session_id, kind, key)).fetchall()
+            return {row[0] for row in rows}
+        finally:
+            db.close()
 
     def create_session(self, lesson: str = "docker-images", wait: bool = True) -> dict:
         response = requests.post(self.url + "/api/sessions", json={"lesson": lesson, "wait": wait}, timeout=120)

@@ -3,6 +3,9 @@ is also exercised end to end by the engine and browser tests."""
 
 from __future__ import annotations
 
+import pytest
+
+from berth.config import Config, ConfigError, parse_pool
 from berth.events import Bus, Event, LearnerActivity, TasksChanged
 from berth.machines import Machine
 from berth.ports import PublishedPort, port_bindings, published_in
@@ -283,3 +286,16 @@ def test_a_request_body_that_does_not_fit_names_the_field():
     assert validated(NewSession, {"lesson": "docker-images", "colour": "blue"}).wait is False  # others ignored
     workshop = validated(NewWorkshop, {"lesson": "docker-images", "seats": "12", "expires_in": "90m", "title": None})
     assert (workshop.seats, workshop.expires_in, workshop.title) == (12, 5400, None)
+
+
+def test_pool_sizes_are_read_per_lesson_or_for_every_lesson():
+    assert parse_pool("1") == {"*": 1}
+    assert parse_pool("docker-images=2, image-basics=0") == {"docker-images": 2, "image-basics": 0}
+    assert parse_pool("1,docker-images=3") == {"*": 1, "docker-images": 3}
+    assert parse_pool("0") == {"*": 0}
+    for wrong in ("two", "docker-images=-1", "Docker=1", "=x"):
+        with pytest.raises(ValueError):
+            parse_pool(wrong)
+    assert Config.from_env({"BERTH_POOL": "image-layers=2"}).pool == {"image-layers": 2}
+    with pytest.raises(ConfigError, match="BERTH_POOL='lots'"):
+        Config.from_env({"BERTH_POOL": "lots"})
