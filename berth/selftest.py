@@ -167,14 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.slugs or slug in args.slugs:
             print(f"{slug}: FAIL {error}", flush=True)
     failed = [s for s in berth.library.errors if not args.slugs or s in args.slugs]
+    unknown = [s for s in args.slugs if s not in berth.library.lessons and s not in berth.library.errors]
+    for slug in unknown:
+        print(f"{slug}: FAIL there is no lesson {slug!r}", flush=True)
+    failed += unknown
     try:
-        berth.prepare()
-        if args.pool:
-            berth.pool.start()
-        slugs = args.slugs or list(berth.library.lessons)
-        for slug in slugs:
-            if slug in berth.library.errors:
-                continue
+        todo = [slug for slug in args.slugs or list(berth.library.lessons) if slug not in failed]
+        if todo:  # machines only for lessons there are
+            berth.prepare()
+            if args.pool:
+                berth.pool.start()
+        for slug in todo:
             if not selftest_lesson(berth, slug, args.wait, pooled=args.pool).ok:
                 failed.append(slug)
     except MachineError as error:

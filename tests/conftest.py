@@ -47,6 +47,18 @@ SCREEN_TEXT_JS = """(machine) => {
 }"""
 
 
+# The files whose tests take longest go to the workers first (pytest-xdist's loadfile hands
+# out files in collection order, alphabetical by default): one of them starting last would
+# be the whole run's tail.
+LONG_FILES = ("test_selftest.py", "test_machines.py", "test_browser_lesson.py", "test_class.py",
+              "test_browser_terminal.py", "test_server.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: files stay whole
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

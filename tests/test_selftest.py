@@ -37,15 +37,16 @@ def test_every_lesson_passes_its_self_test():
 
 def test_lessons_pass_their_self_test_in_sessions_taken_from_the_pool():
     """A learner usually gets a session made ahead of time, its images preloaded: the tasks
-    are pending at first and done after their solutions there too (docker-images preloads
-    the base image; image-basics preloads nothing, as its first task is the learner's pull)."""
-    result = selftest("--pool", "docker-images", "image-basics")
+    are pending at first and done after their solutions there too (image-layers preloads
+    the base image, as docker-images does; image-basics preloads nothing, as its first task is
+    the learner's pull). The cold self-test above walks docker-images already."""
+    result = selftest("--pool", "image-layers", "image-basics")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "docker-images: session " in out and "(taken from the pool, preloaded: " in out, out
+    assert "image-layers: session " in out and "(taken from the pool, preloaded: " in out, out
     assert "(taken from the pool, preloaded: nothing)" in out, out  # image-basics
     library = Library(PROJECT_DIR / "lessons", dict(os.environ))
-    for slug in ("docker-images", "image-basics"):
+    for slug in ("image-layers", "image-basics"):
         assert f"{slug}: ok in " in out, out
         for task in library.lessons[slug].tasks:
             assert f"  {task.id:<12} pending at first: " in out, out
