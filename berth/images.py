@@ -1,4 +1,4 @@
-"""Images: the machine and mirror images Berth builds, the base image lessons use, and
+"""Images: the machine, mirror and package cache images Berth builds, the base image lessons use, and
 the registry mirror through which every learner machine pulls them, so that an
 unmodified `docker pull IMAGE` works in a machine with no public registry in reach."""
 
@@ -248,6 +248,8 @@ class Setup:
         self.build(PROJECT_DIR / "machine", self.config.machine_image)
         if self.config.mirror_image:
             self.build(PROJECT_DIR / "mirror", self.config.mirror_image)
+        if self.config.package_cache_image:
+            self.build(PROJECT_DIR / "packages", self.config.package_cache_image)
         for tag, folder in LESSON_IMAGES.items():
             self.build(PROJECT_DIR / folder, tag, base)
         return base
