@@ -136,7 +136,7 @@ class BackendReport:
     problems: list[str] = field(default_factory=list)
     isolation_summary: str | None = None  # the same, in a sentence
     warning: str = ""  # for the operator and every learner: a weaker isolation they asked for
-    package_cache: str | None = None  # the package cache's status, None: no cache
+    package_cache: str | None = None  # the package cache's status or what is wrong with it; None: no cache
 
 
 class Stream(ABC):
@@ -940,13 +940,15 @@ class DockerMachines(MachineBackend):
 
     def describe(self) -> BackendReport:
         mirror, packages = self.mirror, self.packages
-        problems = [part.message for part in (mirror, packages) if part is not None and part.status == "failed"]
+        problems = [mirror.message] if mirror is not None and mirror.status == "failed" else []
+        # a cache that failed is not a problem of Berth's health: apt goes to Debian directly
+        cache = None if packages is None else packages.message if packages.status == "failed" else packages.status
         isolation = self._profile
         return BackendReport(self.name, isolation.name if isolation else None,
                              frozenset({"files", "mirror", "adopt"}),
                              mirror.status if mirror is not None else None, problems,
                              isolation.summary if isolation else None, isolation.warning if isolation else "",
-                             package_cache=packages.status if packages is not None else None)
+                             package_cache=cache)
 
     def close(self) -> None:
         with self._engines_lock:
