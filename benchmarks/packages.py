@@ -8,8 +8,11 @@ without it (BERTH_PACKAGE_CACHE_IMAGE=), creates one docker-images session (work
 colleague), and times, from the host, `docker exec MACHINE docker run --rm debian:bookworm
 sh -c 'apt-get update && apt-get install -y nginx'` in the workstation (the first learner),
 then in the colleague (the second). The base image is pulled into each machine first
-(from the mirror), so the figures are apt's alone. The load average before and after is
-printed: the host is shared."""
+(from the mirror), so the figures are apt's alone. Each learner's time is split, as printed
+by the container itself, into `apt-get update`, the download (`apt-get install
+--download-only`) and the rest of the install (unpacking and configuring, which no cache
+changes). With the cache, the bytes acng fetched from Debian and sent to machines are read
+from its log. The load average before and after is printed: the host is shared."""
 
 from __future__ import annotations
 
@@ -24,20 +27,34 @@ import docker
 
 from tests.conftest import BerthServer, remove_instance
 
-INSTALL = "apt-get update -q >/dev/null && apt-get install -y -q nginx >/dev/null 2>&1 && nginx -v"
+# bash's own clock, in the container: the parts of one learner's install
+INSTALL = ("t0=$EPOCHREALTIME; apt-get update -q >/dev/null; t1=$EPOCHREALTIME; "
+           "apt-get install -y -q --download-only nginx >/dev/null 2>&1; t2=$EPOCHREALTIME; "
+           "apt-get install -y -q nginx >/dev/null 2>&1; t3=$EPOCHREALTIME; nginx -v 2>&1; "
+           "echo PARTS $t0 $t1 $t2 $t3")
 
 
-def timed_install(container: str, image: str) -> float:
+def timed_install(container: str, image: str) -> dict[str, float]:
     started = time.monotonic()
-    result = subprocess.run(["docker", "exec", container, "docker", "run", "--rm", image, "sh", "-c", INSTALL],
+    result = subprocess.run(["docker", "exec", container, "docker", "run", "--rm", image, "bash", "-c", INSTALL],
                             capture_output=True, text=True, timeout=900)
     took = time.monotonic() - started
-    if result.returncode != 0 or "nginx version" not in result.stderr + result.stdout:
+    parts = [line for line in result.stdout.splitlines() if line.startswith("PARTS ")]
+    if result.returncode != 0 or "nginx version" not in result.stdout or not parts:
         raise SystemExit(f"install failed in {container}: {result.stdout[-500:]} {result.stderr[-500:]}")
-    return took
+    t0, t1, t2, t3 = (float(x) for x in parts[0].split()[1:])
+    return {"total": took, "update": t1 - t0, "download": t2 - t1, "unpack": t3 - t2}
 
 
-def one_run(engine, cache: bool, image: str) -> tuple[float, float]:
+def cache_bytes(engine, instance_id: str) -> tuple[int, int]:
+    """(bytes acng fetched from Debian, bytes it sent to machines), from its transfer log."""
+    log = engine.containers.get(f"berth--packages-{instance_id}").exec_run(
+        ["cat", "/var/log/apt-cacher-ng/apt-cacher.log"]).output.decode()
+    rows = [line.split("|") for line in log.splitlines() if line.count("|") >= 4]
+    return (sum(int(r[2]) for r in rows if r[1] == "I"), sum(int(r[2]) for r in rows if r[1] == "O"))
+
+
+def one_run(engine, cache: bool, image: str) -> tuple[dict, dict, tuple[int, int] | None]:
     overrides = {} if cache else {"BERTH_PACKAGE_CACHE_IMAGE": ""}
     server = BerthServer(Path(tempfile.mkdtemp(prefix="berth-bench-packages-")), overrides).start()
     try:
@@ -46,7 +63,9 @@ def one_run(engine, cache: bool, image: str) -> tuple[float, float]:
         for machine in (first, second):
             subprocess.run(["docker", "exec", machine, "docker", "pull", "-q", image], check=True,
                            capture_output=True, timeout=300)
-        return timed_install(first, image), timed_install(second, image)
+        one = timed_install(first, image)
+        two = timed_install(second, image)
+        return one, two, cache_bytes(engine, server.instance_id) if cache else None
     finally:
         server.stop()
         remove_instance(engine, server.instance_id)
@@ -60,12 +79,17 @@ def main(argv: list[str]) -> None:
     figures: dict[str, list[float]] = {}
     for run in range(runs):
         for cache in (True, False):
-            first, second = one_run(engine, cache, image)
+            first, second, moved = one_run(engine, cache, image)
             label = "cache" if cache else "no cache"
-            figures.setdefault(f"{label}: first learner", []).append(first)
-            figures.setdefault(f"{label}: second learner", []).append(second)
-            print(f"run {run + 1}, {label}: first learner {first:.1f} s, second learner {second:.1f} s "
-                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
+            for learner, parts in (("first", first), ("second", second)):
+                for part, value in parts.items():
+                    figures.setdefault(f"{label}: {learner} learner, {part}", []).append(value)
+                print(f"run {run + 1}, {label}, {learner} learner: " +
+                      ", ".join(f"{part} {value:.1f} s" for part, value in parts.items()), flush=True)
+            if moved:
+                print(f"run {run + 1}: the cache fetched {moved[0] / 1e6:.1f} MB from Debian and sent "
+                      f"{moved[1] / 1e6:.1f} MB to the two machines", flush=True)
+            print(f"  (load {os.getloadavg()[0]:.2f})", flush=True)
     for label, values in figures.items():
         print(f"{label}: median {statistics.median(values):.1f} s, min {min(values):.1f} s, "
               f"max {max(values):.1f} s (n={len(values)})")
