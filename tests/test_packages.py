@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import socket
 import uuid
 
 import docker
@@ -18,6 +19,7 @@ import pytest
 from berth.config import PROJECT_DIR
 
 from .conftest import BerthServer, in_machine, machine_container, remove_instance, wait_until
+from .test_isolation import listener
 
 pytestmark = pytest.mark.engine
 
@@ -160,6 +162,21 @@ def test_the_cache_does_not_route_between_sessions(engine, berth, session):
         assert "curl-exit=0" not in out, out
     finally:
         berth.delete_session(other)
+
+
+def test_the_machines_firewall_holds_for_the_cache_too(engine, berth):
+    """Should acng ever be made to connect somewhere, its own network is in the sessions'
+    pool: the host's services stay shut to it as to a machine."""
+    container = cache(engine, berth)
+    gateway = container.attrs["NetworkSettings"]["Networks"][container.name]["Gateway"]
+    with listener() as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as control:
+            assert control.recv(100) == b"SECRET-FROM-HOST\n"  # it answers, from the host
+        result = container.exec_run(["timeout", "10", "bash", "-c",
+                                     f"echo ATTACK-RAN; exec 3<>/dev/tcp/{gateway}/{port} && head -c 100 <&3"])
+    out = result.output.decode()
+    assert "ATTACK-RAN" in out and "SECRET-FROM-HOST" not in out, out
+    assert "Connection refused" in out, out
 
 
 def test_apt_still_works_when_the_cache_is_down(engine, berth, session):
