@@ -337,9 +337,10 @@ class Mirror:
                         errors = [r["error"] for r in result if "error" in r]
                         if not errors:
                             break
-                        if "connection refused" not in errors[0]:
+                        if "connection refused" not in errors[0] and not errors[0].endswith(": EOF"):
                             raise docker.errors.APIError(errors[0])
-                        time.sleep(0.25)  # the writer is still starting
+                        time.sleep(0.25)  # the writer is still starting (on a loaded host the
+                        # published port may accept before the registry answers: EOF)
                     log.info("mirror: %s is served as %s", image, path)
                 finally:
                     self.client.api.remove_image(target, noprune=True)
