@@ -56,8 +56,9 @@ def cache_bytes(engine, instance_id: str) -> tuple[int, int]:
 
 def one_run(engine, cache: bool, image: str) -> tuple[dict, dict, tuple[int, int] | None]:
     overrides = {} if cache else {"BERTH_PACKAGE_CACHE_IMAGE": ""}
-    server = BerthServer(Path(tempfile.mkdtemp(prefix="berth-bench-packages-")), overrides).start()
+    server = BerthServer(Path(tempfile.mkdtemp(prefix="berth-bench-packages-")), overrides).start(wait=False)
     try:
+        server.wait_healthy(timeout=900)  # a loaded shared host: the mirror alone can take minutes to fill
         session = server.create_session("docker-images")
         first, second = (f"berth-{session['id']}-{name}" for name in ("workstation", "colleague"))
         for machine in (first, second):
