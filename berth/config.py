@@ -157,6 +157,8 @@ class Config(BaseSettings):
     machines: str = setting("docker", "The machines backend: docker (machines are containers on DOCKER_HOST's engine), or module:Class of another (docs/architecture.md).")
     machine_image: str = setting("berth-machine:latest", "Image of a learner machine (built from machine/ by `./run`).")
     mirror_image: str = setting("berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.")
+    package_cache_image: str = setting("berth-packages:latest", "Image of the package cache (Debian's apt-cacher-ng, built from packages/) through which apt in machines' containers fetches Debian's packages, each once for the class; empty: no cache, apt fetches from Debian directly.")
+    package_cache_size: OptionalSize = setting("4g", "Most disk the package cache may use (where the engine can bound a container's disk); empty: unbounded.")
     max_sessions: int = setting(20, "Most sessions at once; more are refused with 503 until one ends.")
     sessions_per_client: int = setting(6, "Most sessions started from one client address at once (a learner's lessons), answered 429 beyond; workshop seats do not count; 0: no limit. Behind a shared address (a school's NAT) raise it, or use workshops.")
     pool: PoolSizes = setting("1", "Sessions made ahead of time for each lesson (machines ready, lesson images pulled), taken by the next learners so that they start at once and refilled behind them: a number for every lesson, LESSON=NUMBER pairs, or both (`1,docker-images=3`); 0: none (workshops' seats neither). They count against BERTH_MAX_SESSIONS and give way to learners' sessions; a workshop adds its open seats.")

@@ -1,4 +1,4 @@
-"""Images: the machine and mirror images Berth builds, the base image lessons use, and
+"""Images: the machine, mirror and package cache images Berth builds, the base image lessons use, and
 the registry mirror through which every learner machine pulls them, so that an
 unmodified `docker pull IMAGE` works in a machine with no public registry in reach."""
 
@@ -275,6 +275,8 @@ class Setup:
         self.build(PROJECT_DIR / "machine", self.config.machine_image)
         if self.config.mirror_image:
             self.build(PROJECT_DIR / "mirror", self.config.mirror_image)
+        if self.config.package_cache_image:
+            self.build(PROJECT_DIR / "packages", self.config.package_cache_image)
         for tag, folder in LESSON_IMAGES.items():
             self.build(PROJECT_DIR / folder, tag, base)
         return base
@@ -411,7 +413,8 @@ class Mirror:
                             break
                         if not any(word in errors[0] for word in STARTING) or attempt == 39:
                             raise docker.errors.APIError(errors[0])
-                        time.sleep(0.25)  # the writer is still starting
+                        time.sleep(0.25)  # the writer is still starting (on a loaded host the
+                        # published port may accept before the registry answers: EOF)
                     log.info("mirror: %s is served as %s", image, path)
                 finally:
                     self.client.api.remove_image(target, noprune=True)

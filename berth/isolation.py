@@ -63,7 +63,7 @@ def _engine_has_userns(info: dict) -> bool:
     return any("name=userns" in option for option in info.get("SecurityOptions") or [])
 
 
-def _root_size_bounded(info: dict) -> bool:
+def root_size_bounded(info: dict) -> bool:
     """Engines that bound a container's root file system (`--storage-opt size`)."""
     driver = info.get("Driver", "")
     backing = dict(info.get("DriverStatus") or []).get("Backing Filesystem", "")
@@ -139,7 +139,7 @@ def _bound_root(info: dict, disk: str, options: dict) -> str:
     """Bound the machine's root file system (and so everything it stores) to `disk`."""
     if not disk:
         return ""
-    if not _root_size_bounded(info):
+    if not root_size_bounded(info):
         raise IsolationError(
             f"BERTH_MACHINE_DISK={disk}, but this engine cannot bound a container's disk (its storage "
             f"driver is {info.get('Driver', '?')}; btrfs, or overlay2 on xfs with project quotas, can). "

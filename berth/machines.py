@@ -32,6 +32,7 @@ from .isolation import Isolation, IsolationError, egress_rules
 from .isolation import choose as choose_isolation
 from .locks import KeyedLocks
 from .owner import LABEL_DATA, owner_labels
+from .packages import PACKAGES_ALIAS, PackageCache
 from .ports import PublishedPort, list_published
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class BackendReport:
     problems: list[str] = field(default_factory=list)
     isolation_summary: str | None = None  # the same, in a sentence
     warning: str = ""  # for the operator and every learner: a weaker isolation they asked for
+    package_cache: str | None = None  # the package cache's status or what is wrong with it; None: no cache
 
 
 class Stream(ABC):
@@ -415,6 +417,8 @@ class DockerMachines(MachineBackend):
         self._profile: Isolation | None = None
         self.mirror: Mirror | None = None
         self.mirror_container: str | None = None  # the mirror's, once it runs
+        self.packages: PackageCache | None = None
+        self.packages_container: str | None = None  # the package cache's, once it runs
         self._self_container: str | None = self._own_container_id()
 
     # --- the host engine
@@ -527,6 +531,7 @@ class DockerMachines(MachineBackend):
         try:
             network, hosts = self._create_network(f"berth-{session_id}", session_id)
             self._connect(self.mirror_container, network, hosts[1], [MIRROR_ALIAS])
+            self._connect(self.packages_container, network, hosts[2], [PACKAGES_ALIAS])
             reach, reach_hosts = None, []
             if self._self_container:
                 # Berth in a container reaches the machines over an internal network it
@@ -550,9 +555,11 @@ class DockerMachines(MachineBackend):
                 raise MachineError("The machines could not be created.", str(error)) from error
             raise
 
-    def _create_network(self, name: str, session_id: str, internal: bool = False):
+    def _create_network(self, name: str, session_id: str, internal: bool = False,
+                        labels: dict[str, str] | None = None):
         """A private bridge network of the session's own, with a /27 of the configured
-        pool; returns the network and the subnet's host addresses (gateway first)."""
+        pool; returns the network and the subnet's host addresses (gateway first). Given
+        `labels`, a network of another part (the package cache's) with those labels."""
         pool = ipaddress.ip_network(self.config.network_pool)
         refused: list[ipaddress.IPv4Network] = []  # the engine said they overlap, whatever its list says
         with self._network_lock:
@@ -579,7 +586,7 @@ class DockerMachines(MachineBackend):
                     network = self.host.networks.create(
                         name, driver="bridge", check_duplicate=True, internal=internal,
                         ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(hosts[0]))]),
-                        labels=self._labels(session_id, "network"),
+                        labels=labels or self._labels(session_id, "network"),
                     )
                     return network, hosts
                 except docker.errors.APIError as error:
@@ -630,6 +637,8 @@ class DockerMachines(MachineBackend):
         environment = {"BERTH_DISK_SIZE": self.config.machine_disk if profile.disk_bound == "loop" else ""}
         if self.mirror_container and network is not None:
             environment["BERTH_MIRROR"] = f"http://{MIRROR_ALIAS}:5000"
+        if self.packages_container and self.packages and network is not None:
+            environment["BERTH_PACKAGES"] = self.packages.url
         options = dict(profile.options)
         unconfined_paths = options.pop("systempaths_unconfined", False)
         host_config = api.create_host_config(
@@ -824,7 +833,7 @@ class DockerMachines(MachineBackend):
                 if not _gone(error):
                     log.warning("removing volume %s: %s", volume.name, error)
         for network in host.networks.list(filters=self._filters(session_id, "network")):
-            for container in (self.mirror_container, self._self_container):
+            for container in (self.mirror_container, self.packages_container, self._self_container):
                 if container:
                     try:
                         network.disconnect(container, force=True)
@@ -943,17 +952,30 @@ class DockerMachines(MachineBackend):
         if self.config.mirror_image:
             self.mirror = Mirror(self.host, self.config, self.instance_id)
             self.mirror_container = self.mirror.start(images)
+        if self.config.package_cache_image:
+            self.packages = PackageCache(self.host, self.config, self.instance_id, self._packages_network)
+            self.packages_container = self.packages.start()
         self.detect_profile()  # proves the machine image too, which the firewall runs
         self.apply_firewall()
 
+    def _packages_network(self, name: str):
+        """The package cache's own network: a subnet of the sessions' pool, so that the
+        firewall on the engine's host holds for the cache's traffic as for a machine's."""
+        network, _ = self._create_network(name, "", labels={
+            LABEL_INSTANCE: self.instance_id, LABEL_ROLE: "packages", **owner_labels(self.config.data_dir)})
+        return network
+
     def describe(self) -> BackendReport:
-        mirror = self.mirror
+        mirror, packages = self.mirror, self.packages
         problems = [mirror.message] if mirror is not None and mirror.status == "failed" else []
+        # a cache that failed is not a problem of Berth's health: apt goes to Debian directly
+        cache = None if packages is None else packages.message if packages.status == "failed" else packages.status
         isolation = self._profile
         return BackendReport(self.name, isolation.name if isolation else None,
                              frozenset({"files", "mirror", "adopt"}),
                              mirror.status if mirror is not None else None, problems,
-                             isolation.summary if isolation else None, isolation.warning if isolation else "")
+                             isolation.summary if isolation else None, isolation.warning if isolation else "",
+                             package_cache=cache)
 
     def close(self) -> None:
         with self._engines_lock:

@@ -135,6 +135,8 @@ def healthz():
         report["warning"] = machines.warning
     if machines.mirror is not None:
         report["mirror"] = machines.mirror
+    if machines.package_cache is not None:
+        report["package_cache"] = machines.package_cache
     problems += machines.problems
     report["sessions"] = berth.store.count_active()
     # sessions made ahead of time, per lesson: warm (ready to take), filling, wanted

@@ -168,7 +168,7 @@ def test_an_unusable_machine_image_is_a_clear_503(engine, tmp_path):
         wait_until(says_the_image_does_not_start, 60, lambda: berth.log_tail(), interval=0.3)
         response = requests.post(berth.url + "/api/sessions", json={"lesson": "docker-images"}, timeout=30)
         assert response.status_code == 503 and "do not start on this engine" in response.json()["message"]
-        assert [n for n in labelled(engine, berth.instance_id) if "mirror" not in n] == []
+        assert [n for n in labelled(engine, berth.instance_id) if "mirror" not in n and "packages" not in n] == []
     finally:
         berth.stop()
         remove_instance(engine, berth.instance_id)

@@ -115,9 +115,10 @@ def test_an_engine_restart_brings_the_machines_back_with_their_files_and_firewal
         # the page was told, in order: stopped, then running again
         whats = [t["what"] for t in heard if t["machine"] == "workstation"]
         assert "stopped" in whats and whats.index("stopped") < len(whats) - 1 - whats[::-1].index("running"), heard
-        # nothing half-made: this Berth's containers are its mirror and the session's two machines, all running
+        # nothing half-made: this Berth's containers are its mirror, its package cache and the
+        # session's two machines, all running (the engine restarted the mirror and the cache)
         mine = engine.containers.list(all=True, filters={"label": f"berth.instance={berth.instance_id}"})
-        assert sorted(c.labels.get("berth.role") for c in mine) == ["machine", "machine", "mirror"], mine
+        assert sorted(c.labels.get("berth.role") for c in mine) == ["machine", "machine", "mirror", "packages"], mine
         assert all(c.status == "running" for c in mine), [(c.name, c.status) for c in mine]
         # and the lesson's image still comes from the mirror, which came back with the engine
         code, out = in_machine(engine, session, "workstation",

@@ -200,7 +200,7 @@ def test_delete_and_reaper_leave_nothing_behind(engine, tmp_path):
         # leftovers of a session Berth does not know (say, after its data folder was lost)
         engine.volumes.create("berth-orphan-test", labels={"berth.instance": berth.instance_id,
                                                             "berth.session": "0rphan", "berth.role": "disk"})
-        wait_until(lambda: not [n for n in labelled(engine, berth.instance_id) if "mirror" not in n], 60,
+        wait_until(lambda: not [n for n in labelled(engine, berth.instance_id) if "mirror" not in n and "packages" not in n], 60,
                    lambda: labelled(engine, berth.instance_id), interval=0.5)
         assert berth.get(f"/api/sessions/{expiring['id']}", expiring["token"]).status_code == 404
     finally:
