@@ -47,14 +47,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import docker
 import websocket
 
-from benchmarks.terminal import PROMPT, BerthTty, RawTty, drain, load, read_until, throughput
+from benchmarks.terminal import PROMPT, BerthTty, RawTty, drain, load, read_until, throughput, turns
 from tests.conftest import BerthServer, free_port, remove_instance
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -322,45 +321,6 @@ class PyxtermTty(SocketIOTty):
 
 
 # --- measuring
-
-
-def idle(tty):
-    """Keep reading a path while the others are measured (its server's pings answered, as
-    a page would: WeTTY drops a client that has not answered within 10 s); returns the
-    function that stops this before the path is measured again."""
-    stop = threading.Event()
-
-    def run() -> None:
-        tty.timeout(0.2)
-        try:
-            while not stop.is_set():
-                try:
-                    tty.read()
-                except (TimeoutError, websocket.WebSocketTimeoutException):
-                    pass
-        except (EOFError, OSError, websocket.WebSocketException):
-            pass
-        finally:
-            tty.timeout(None)
-
-    thread = threading.Thread(target=run, name="idle", daemon=True)
-    thread.start()
-
-    def resume() -> None:
-        stop.set()
-        thread.join()
-    return resume
-
-
-def turns(ttys: dict, measure) -> None:
-    """Measure each path in turn, the others read meanwhile."""
-    waiting = {name: idle(tty) for name, tty in ttys.items()}
-    for name, tty in ttys.items():
-        waiting.pop(name)()
-        measure(name, tty)
-        waiting[name] = idle(tty)
-    for resume in waiting.values():
-        resume()
 
 
 def echo_block(tty, keys: int) -> list[float]:

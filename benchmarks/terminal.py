@@ -26,6 +26,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -208,6 +209,45 @@ def load() -> str:
     return "load average " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def idle(tty):
+    """Keep reading a path while the others are measured (its server's pings answered, as
+    a page would: Berth drops a client that has not answered within 45 s, WeTTY within
+    10 s); returns the function that stops this before the path is measured again."""
+    stop = threading.Event()
+
+    def run() -> None:
+        tty.timeout(0.2)
+        try:
+            while not stop.is_set():
+                try:
+                    tty.read()
+                except (TimeoutError, websocket.WebSocketTimeoutException):
+                    pass
+        except (EOFError, OSError, websocket.WebSocketException):
+            pass
+        finally:
+            tty.timeout(None)
+
+    thread = threading.Thread(target=run, name="idle", daemon=True)
+    thread.start()
+
+    def resume() -> None:
+        stop.set()
+        thread.join()
+    return resume
+
+
+def turns(ttys: dict, measure) -> None:
+    """Measure each path in turn, the others read meanwhile."""
+    waiting = {name: idle(tty) for name, tty in ttys.items()}
+    for name, tty in ttys.items():
+        waiting.pop(name)()
+        measure(name, tty)
+        waiting[name] = idle(tty)
+    for resume in waiting.values():
+        resume()
+
+
 def summary(name: str, samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     median = statistics.median(ordered) * 1000
@@ -246,7 +286,7 @@ def main(argv: list[str]) -> None:
         best: dict[str, float] = {}
         cpu: dict[str, list[float]] = {"server": [], "client": []}
         for round_ in range(args.rounds):
-            for name, tty in (("raw", raw), ("kept", kept), ("berth", berth)):
+            def measure(name: str, tty, round_: int = round_) -> None:
                 server_before, client_before = process_cpu(server.process.pid), own_cpu()
                 rate, total = throughput(tty, args.bytes)
                 server_ms = (process_cpu(server.process.pid) - server_before) * 1e9 / total
@@ -257,6 +297,7 @@ def main(argv: list[str]) -> None:
                     cpu["client"].append(client_ms)
                 print(f"  round {round_ + 1} {name:6} {rate / 1e6:6.1f} MB/s ({total} bytes); CPU per MB: "
                       f"Berth's server {server_ms:.1f} ms, this client {client_ms:.1f} ms", flush=True)
+            turns({"raw": raw, "kept": kept, "berth": berth}, measure)
         for tty in (raw, kept, berth):
             tty.close()
         server.delete_session(session)
