@@ -14,7 +14,7 @@ workstation machine of one Berth session:
 - WeTTY (npm; Node, node-pty, Socket.IO 4): `wetty --command "docker exec -it ..."` (as
   root on localhost WeTTY runs the command itself, not ssh); events `input`, `resize`,
   `data` (text), and its flow control `commit` (acknowledged bytes), sent by this client
-  after every message, as its page does after xterm.js has written the data;
+  after every message (WeTTY's page commits in batches, after xterm.js has written them);
 - pyxtermjs (PyPI; Flask-SocketIO on Werkzeug): `pyxtermjs --command docker --cmd-args
   "exec -it ..."`; namespace /pty, events `pty-input`, `pty-output` ({"output": text});
 - Berth: `/terminal` (tests/terminal_client.py), on Berth's own server (gunicorn).
@@ -29,8 +29,9 @@ The same client code measures every path: echo (type one key, wait for its echo;
 line is cleared every 50 keys, untimed; the keys are typed in blocks of 50, the paths
 taking turns) and throughput (`head -c BYTES /dev/zero | base64`, from Enter to the line
 printed after it, the best of ROUNDS, the rounds interleaved between the paths). Every
-client is this one Python process, reading in its own thread; the load average is printed
-before and after: the host may be shared."""
+client lives in this one Python process: the path being measured is read in the main
+thread, each other path by a thread of its own that answers its server's pings meanwhile.
+The load average is printed before and after: the host may be shared."""
 
 from __future__ import annotations
 
