@@ -10,17 +10,23 @@ the keeper that lets Berth's shells outlive Berth, attached straight through the
 WebSocket (tests/terminal_client.py), acknowledging output as it arrives. Echo: type
 one character, wait for its echo, N times (the line is cleared every 50 keys, not
 timed). Throughput: run `head -c BYTES /dev/zero | base64` and time from Enter to the
-line printed after it, counting every byte received."""
+line printed after it, counting every byte received. For each throughput round it also
+prints the CPU time Berth's server process (gunicorn's master and worker) and this client
+process spent per MB: on a shared host the rate varies with the load, the CPU cost much
+less. The load average is printed before and after."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +62,9 @@ class RawTty:
     def _end(self) -> None:
         self.sock.close()
 
+    def timeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)
 
@@ -85,6 +94,9 @@ class KeptTty(RawTty):
     def _end(self) -> None:
         self.link.close()
 
+    def timeout(self, seconds: float | None) -> None:
+        self.link.stream.set_timeout(seconds)
+
     def write(self, data: bytes) -> None:
         self.link.write(data)
 
@@ -104,6 +116,9 @@ class BerthTty:
 
     def write(self, data: bytes) -> None:
         self.client.send(data)
+
+    def timeout(self, seconds: float | None) -> None:
+        self.client.ws.settimeout(seconds)
 
     def read(self) -> int:
         before = self.received
@@ -142,15 +157,14 @@ def echo_latency(tty, keys: int) -> list[float]:
 
 def drain(tty, quiet: float = 0.2) -> None:
     """Read until nothing has come for `quiet` seconds."""
-    sock = tty.sock if isinstance(tty, RawTty) else tty.client.ws
-    sock.settimeout(quiet)
+    tty.timeout(quiet)
     try:
         while True:
             tty.read()
     except (TimeoutError, websocket.WebSocketTimeoutException):
         pass
     finally:
-        sock.settimeout(None)
+        tty.timeout(None)
 
 
 def throughput(tty, size: int) -> tuple[float, int]:
@@ -172,6 +186,68 @@ def throughput(tty, size: int) -> tuple[float, int]:
     return total / took, total
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) a process and its children have used so far."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            total += sum(process_cpu(int(child)) for child in children.read().split())
+    except (OSError, ValueError, IndexError):
+        pass  # it ended meanwhile
+    return total
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def idle(tty):
+    """Keep reading a path while the others are measured (its server's pings answered, as
+    a page would: Berth drops a client that has not answered within 45 s, WeTTY within
+    10 s); returns the function that stops this before the path is measured again."""
+    stop = threading.Event()
+
+    def run() -> None:
+        tty.timeout(0.2)
+        try:
+            while not stop.is_set():
+                try:
+                    tty.read()
+                except (TimeoutError, websocket.WebSocketTimeoutException):
+                    pass
+        except (EOFError, OSError, websocket.WebSocketException):
+            pass
+        finally:
+            tty.timeout(None)
+
+    thread = threading.Thread(target=run, name="idle", daemon=True)
+    thread.start()
+
+    def resume() -> None:
+        stop.set()
+        thread.join()
+    return resume
+
+
+def turns(ttys: dict, measure) -> None:
+    """Measure each path in turn, the others read meanwhile."""
+    waiting = {name: idle(tty) for name, tty in ttys.items()}
+    for name, tty in ttys.items():
+        waiting.pop(name)()
+        measure(name, tty)
+        waiting[name] = idle(tty)
+    for resume in waiting.values():
+        resume()
+
+
 def summary(name: str, samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     median = statistics.median(ordered) * 1000
@@ -189,6 +265,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still clean up when stopped
     engine = docker.from_env(timeout=120)
     server = BerthServer(Path(tempfile.mkdtemp(prefix="berth-bench-")))
+    print(f"before: {load()} (a shared host: other work's load counts too)")
     print("starting a Berth server and a session ...", flush=True)
     server.start()
     try:
@@ -206,12 +283,21 @@ def main(argv: list[str]) -> None:
         raw_echo = summary("raw", echo_latency(raw, args.keys))
         berth_echo = summary("berth", echo_latency(berth, args.keys))
         print(f"output throughput of head -c {args.bytes} /dev/zero | base64:")
-        best = {}
+        best: dict[str, float] = {}
+        cpu: dict[str, list[float]] = {"server": [], "client": []}
         for round_ in range(args.rounds):
-            for name, tty in (("raw", raw), ("kept", kept), ("berth", berth)):
+            def measure(name: str, tty, round_: int = round_) -> None:
+                server_before, client_before = process_cpu(server.process.pid), own_cpu()
                 rate, total = throughput(tty, args.bytes)
+                server_ms = (process_cpu(server.process.pid) - server_before) * 1e9 / total
+                client_ms = (own_cpu() - client_before) * 1e9 / total
                 best[name] = max(best.get(name, 0.0), rate)
-                print(f"  round {round_ + 1} {name:6} {rate / 1e6:6.1f} MB/s ({total} bytes)", flush=True)
+                if name == "berth":
+                    cpu["server"].append(server_ms)
+                    cpu["client"].append(client_ms)
+                print(f"  round {round_ + 1} {name:6} {rate / 1e6:6.1f} MB/s ({total} bytes); CPU per MB: "
+                      f"Berth's server {server_ms:.1f} ms, this client {client_ms:.1f} ms", flush=True)
+            turns({"raw": raw, "kept": kept, "berth": berth}, measure)
         for tty in (raw, kept, berth):
             tty.close()
         server.delete_session(session)
@@ -227,5 +313,8 @@ def main(argv: list[str]) -> None:
     print(f"  echo p99:    raw {raw_echo[1]:.2f} ms, Berth {berth_echo[1]:.2f} ms")
     print(f"  throughput:  raw {best['raw'] / 1e6:.1f} MB/s, Berth {best['berth'] / 1e6:.1f} MB/s "
           f"({ratio:.0%} of raw; target 75% or more): " + ("met" if ratio >= 0.75 else "NOT met"))
+    print(f"  CPU per MB through Berth (median of the rounds): Berth's server {statistics.median(cpu['server']):.1f} ms, "
+          f"the client {statistics.median(cpu['client']):.1f} ms")
     print(f"  the keeper alone (berth-shell through the engine): {best['kept'] / 1e6:.1f} MB/s "
           f"({best['kept'] / best['raw']:.0%} of raw); Berth is {best['berth'] / best['kept']:.0%} of that")
+    print(f"after: {load()}")

@@ -190,22 +190,16 @@ class TerminalNamespace(Namespace):
         if not self._settled():
             current_berth().terminals.detach(request.sid)  # type: ignore[attr-defined]
 
+    # input, resize and ack are taken by quick_events (below); these serve where it cannot.
+
     def on_input(self, data=None, seq=None, *_):
-        if isinstance(data, str):
-            data = data.encode("utf-8", "replace")
-        if isinstance(data, bytes) and data:
-            current_berth().terminals.input(request.sid, _seq(seq), data)  # type: ignore[attr-defined]
+        _input(current_berth().terminals, request.sid, data, seq)  # type: ignore[attr-defined]
 
     def on_resize(self, size=None, seq=None, *_):
-        if not isinstance(size, dict):
-            return
-        cols, rows = _size(size.get("cols"), 0, MAX_COLS), _size(size.get("rows"), 0, MAX_ROWS)
-        if cols and rows:
-            current_berth().terminals.resize(request.sid, _seq(seq), cols, rows)  # type: ignore[attr-defined]
+        _resize(current_berth().terminals, request.sid, size, seq)  # type: ignore[attr-defined]
 
     def on_ack(self, offset=None, *_):
-        if isinstance(offset, int) and not isinstance(offset, bool):
-            current_berth().terminals.ack(request.sid, offset)  # type: ignore[attr-defined]
+        _ack(current_berth().terminals, request.sid, offset)  # type: ignore[attr-defined]
 
 
 class InstructorNamespace(Namespace):
@@ -229,9 +223,68 @@ class InstructorNamespace(Namespace):
         emit("workshop", workshops.workshop_json(workshop))
 
 
+def _input(terminals: Any, sid: str, data: object, seq: object) -> None:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "replace")
+    if isinstance(data, bytes) and data:
+        terminals.input(sid, _seq(seq), data)
+
+
+def _resize(terminals: Any, sid: str, size: object, seq: object) -> None:
+    if not isinstance(size, dict):
+        return
+    cols, rows = _size(size.get("cols"), 0, MAX_COLS), _size(size.get("rows"), 0, MAX_ROWS)
+    if cols and rows:
+        terminals.resize(sid, _seq(seq), cols, rows)
+
+
+def _ack(terminals: Any, sid: str, offset: object) -> None:
+    if isinstance(offset, int) and not isinstance(offset, bool):
+        terminals.ack(sid, offset)
+
+
+QUICK = {"input": _input, "resize": _resize, "ack": _ack}  # /terminal's frequent, quick events
+
+
+def quick_events(server: Any, terminals: Any) -> None:
+    """Take the terminal's input, resize and ack events in the connection's own reading
+    thread, in the order they came.
+
+    They are the frequent ones (an ack per output message in a flood, an input per key)
+    and each only queues or counts. Through Flask-SocketIO's usual path each one started
+    a thread of its own and built a Flask request context (whose URL matching fails, with
+    an exception, for /socket.io/): the largest part of Berth's own CPU time per megabyte
+    of output, and two more thread hops for every keystroke (docs/performance.md). Other
+    events, and connect, take the usual path. This wraps python-socketio's
+    `Server._handle_event`; where that is missing, the namespace's handlers serve."""
+    handle = getattr(server, "_handle_event", None)
+    if handle is None:
+        log.warning("python-socketio has no Server._handle_event: terminal events take the usual path")
+        return
+
+    def handle_event(eio_sid, namespace, id, data):
+        quick = None
+        if namespace == TERMINAL and id is None and isinstance(data, list) and data and isinstance(data[0], str):
+            quick = QUICK.get(data[0])
+        if quick is None:
+            return handle(eio_sid, namespace, id, data)
+        sid = server.manager.sid_from_eio_sid(eio_sid, TERMINAL)
+        if sid is None or not server.manager.is_connected(sid, TERMINAL):
+            return None
+        args = (data[1:] + [None, None])[:1 if quick is _ack else 2]
+        try:
+            quick(terminals, sid, *args)
+        except Exception:  # what a client sends must never end its connection's thread
+            log.exception("terminal: %s from %s failed", data[0], sid)
+        return None
+
+    server._handle_event = handle_event
+
+
 def init_app(app, bus: Bus) -> None:
     socketio.init_app(app, cors_allowed_origins=app.berth.origins, async_mode="threading",
                       max_http_buffer_size=1024 * 1024)
+    quick_events(socketio.server, app.berth.terminals)
     socketio.on_namespace(SessionNamespace(SESSION))
     socketio.on_namespace(TerminalNamespace(TERMINAL))
     socketio.on_namespace(InstructorNamespace(INSTRUCTOR))

@@ -259,9 +259,10 @@ class Shell:
     # --- input: viewers -> TTY, in the order each viewer sent it
 
     def receive(self, sid: str, seq: int | None, item: tuple) -> bool:
-        """Socket.IO runs each event in a thread of its own, so messages can overtake
-        each other; clients number them and they are put back in order here. False when
-        the viewer may not type (it left, or it is a watcher)."""
+        """Messages handled in threads of their own can overtake each other (Socket.IO's
+        usual way; berth/sockets.py takes input in the connection's reading thread, but
+        nothing should depend on that): clients number them and they are put back in
+        order here. False when the viewer may not type (it left, or it is a watcher)."""
         with self.cond:
             viewer = self.viewers.get(sid)
             if viewer is None or viewer.watch:
