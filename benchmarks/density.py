@@ -119,10 +119,8 @@ def main(argv: list[str]) -> None:
                 report["stopped_because"] = f"session {len(sessions) + 1}: {type(error).__name__}: {error}"
                 break
             if response.status_code != 201 or any(m["status"] != "ready" for m in body.get("machines", [])):
-                if response.status_code == 201:
-                    sessions.append(body)
                 report["stopped_because"] = f"session {len(sessions) + 1} failed: {response.status_code} {str(body)[:300]}"
-                break
+                break  # (a failed session's machines go when the server stops)
             sessions.append(body)
             report["starts"].append({"n": len(sessions), "seconds": elapsed, "available_mib": available / 2**20,
                                      "load": os.getloadavg()[0]})

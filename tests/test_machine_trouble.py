@@ -1,8 +1,9 @@
 """Machine trouble, caused for real: a program in a machine runs out of the machine's memory,
 a machine's container is killed on the host. The page's /session connection hears it, and a
 stopped machine is started again with its files. Restarting the host's engine is not done
-here (other work shares it): what notices it, the periodic look at every machine, is tested
-on containers that stopped before anyone followed the events."""
+here (other work shares it; tests/test_engine_restart.py does it, alone): what notices it,
+the periodic look at every machine, is tested here on containers that stopped before anyone
+followed the events."""
 
 from __future__ import annotations
 
