@@ -54,7 +54,7 @@ from pathlib import Path
 import docker
 import websocket
 
-from benchmarks.terminal import PROMPT, BerthTty, RawTty, drain, load, read_until, throughput, turns
+from benchmarks.terminal import PROMPT, BerthTty, RawTty, drain, echo_once, load, read_until, throughput, turns
 from tests.conftest import BerthServer, free_port, remove_instance
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -328,14 +328,7 @@ def echo_block(tty, keys: int) -> list[float]:
     """`keys` echoes of one key on a cleared line."""
     tty.write(b"\x15")
     drain(tty)
-    samples = []
-    for _ in range(keys):
-        tty.buffer.clear()
-        started = time.perf_counter()
-        tty.write(b"a")
-        while b"a" not in tty.buffer:
-            tty.read()
-        samples.append(time.perf_counter() - started)
+    samples = [echo_once(tty) for _ in range(keys)]
     tty.write(b"\x15")
     drain(tty)
     return samples

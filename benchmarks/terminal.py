@@ -138,6 +138,16 @@ def read_until(tty, pattern: re.Pattern | bytes, timeout: float = 60) -> None:
         tty.read()
 
 
+def echo_once(tty) -> float:
+    """Seconds from writing one key to reading its echo."""
+    tty.buffer.clear()
+    started = time.perf_counter()
+    tty.write(b"a")
+    while b"a" not in tty.buffer:
+        tty.read()
+    return time.perf_counter() - started
+
+
 def echo_latency(tty, keys: int) -> list[float]:
     """Seconds from writing a key to reading its echo, `keys` times."""
     samples = []
@@ -145,12 +155,7 @@ def echo_latency(tty, keys: int) -> list[float]:
         if index % 50 == 0:
             tty.write(b"\x15")  # clear the line: readline redraws long ones
             drain(tty)
-        tty.buffer.clear()
-        started = time.perf_counter()
-        tty.write(b"a")
-        while b"a" not in tty.buffer:
-            tty.read()
-        samples.append(time.perf_counter() - started)
+        samples.append(echo_once(tty))
     tty.write(b"\x15")
     return samples
 
