@@ -4,9 +4,15 @@ on every run)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -88,3 +94,28 @@ def host_memory() -> dict[str, int]:
         name, value = line.split(":", 1)
         values[name] = int(value.split()[0]) * 1024
     return {"total": values["MemTotal"], "available": values["MemAvailable"]}
+
+
+@contextlib.contextmanager
+def own_berth(name: str, settings: dict[str, str]) -> Iterator:
+    """A Berth of the benchmark's own (a data folder of its own, a free loopback port), not
+    yet started. On the way out, also on Ctrl-C or SIGTERM, it is stopped and everything it
+    made is removed; a second Ctrl-C cannot skip that."""
+    from tests.conftest import BerthServer  # the tests' server harness, imported when used
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still clean up when stopped
+    work = Path(tempfile.mkdtemp(prefix=f"berth-bench-{name}-"))
+    server = BerthServer(work / "data", settings)
+    try:
+        yield server
+    except KeyboardInterrupt:
+        print("interrupted: stopping Berth and removing what it made ...", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            server.stop()  # ends the sessions and removes their machines
+            server.remove_leftovers()
+            shutil.rmtree(work, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)

@@ -1,7 +1,7 @@
 """A class at once: N learners each start a session and type the whole Docker images lesson,
 measured (docs/performance.md, "A class").
 
-    ./run bench class N [--stagger SECONDS] [--json PATH]
+    ./run bench class N [--stagger SECONDS] [--warm] [--json PATH]
 
 Starts a Berth of its own (gunicorn, a data folder of its own, a free loopback port) sized for
 N learners, all from one address as a classroom behind one NAT is. Every learner, in a
@@ -13,7 +13,9 @@ done; its latency runs from the prompt of the task's last command to that event,
 this client's clock (a task that ticked before its command's prompt came back counts 0).
 Meanwhile Berth's processes (gunicorn master and worker) and the host's memory are sampled
 from /proc. At the end (also on Ctrl-C) the server is stopped and everything it made is
-removed."""
+removed. The package cache starts empty with the Berth (cold); with --warm, one learner
+goes through the whole lesson first, unmeasured, so that the class finds every package of
+the lesson in the cache."""
 
 from __future__ import annotations
 
@@ -23,11 +25,7 @@ import json
 import os
 import platform
 import re
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,11 +34,10 @@ from pathlib import Path
 
 import requests
 
-from benchmarks._host import Watch, host_memory
+from benchmarks._host import Watch, host_memory, own_berth
 from benchmarks.checks import PROMPT, SLUG, Page, percentile
 from berth.config import PROJECT_DIR
 from berth.lessons import Lesson, load_lesson
-from tests.conftest import BerthServer
 from tests.terminal_client import TerminalClient
 
 SESSION_TIMEOUT = 300  # seconds a session may take to be ready when a whole class arrives
@@ -226,6 +223,13 @@ def run_class(url: str, server_pid: int, learners: int, stagger: float = 0.0, le
     }
 
 
+def package_cache_state(warm: bool) -> str:
+    """What the class found in the package cache: none (no cache), cold or warm."""
+    if not os.environ.get("BERTH_PACKAGE_CACHE_IMAGE", "berth-packages:latest"):
+        return "none"
+    return "warm" if warm else "cold"
+
+
 def table(report: dict) -> str:
     """The report as a short table for the terminal."""
 
@@ -236,7 +240,8 @@ def table(report: dict) -> str:
 
     host, berth = report["host"], report["berth"]
     rows = [
-        ("learners", f"{report['learners']} (stagger {report['stagger']:g} s), lesson {report['lesson']}"),
+        ("learners", f"{report['learners']} (stagger {report['stagger']:g} s), lesson {report['lesson']}, "
+                     f"package cache {report.get('package_cache', '-')}"),
         ("host", f"{host['cores']} cores, {host['memory_mib'] / 1024:.1f} GiB, load {host['load_before'][0]:.1f} "
                  f"before, {host['load_after'][0]:.1f} after"),
         ("sessions ready", f"median {seconds(report['sessions_ready'], 'median')}, "
@@ -265,28 +270,22 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="./run bench class", description=__doc__.split("\n\n")[0])
     parser.add_argument("learners", type=int, help="how many learners")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between two learners' arrivals (default 0: at once)")
+    parser.add_argument("--warm", action="store_true",
+                        help="one learner goes through the lesson first, unmeasured, so the class finds the package cache warm")
     parser.add_argument("--json", type=Path, help="also write the report here as JSON")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still clean up when stopped
-    work = Path(tempfile.mkdtemp(prefix="berth-bench-class-"))
-    server = BerthServer(work / "data", server_settings(args.learners))
-    print(f"starting a Berth for {args.learners} learners ...", flush=True)
-    try:
+    with own_berth("class", server_settings(args.learners)) as server:
+        print(f"starting a Berth for {args.learners} learners ...", flush=True)
         server.start()
+        if args.warm:
+            print("warming the package cache: one learner goes through the lesson first ...", flush=True)
+            warming = run_class(server.url, server.process.pid, 1, say=lambda line: print("(warming) " + line, flush=True))
+            if warming["failures"]:
+                raise SystemExit(f"warming the package cache failed: {warming['failures'][0]['reason']}")
         print(f"the class arrives ({server.url}) ...", flush=True)
         report = run_class(server.url, server.process.pid, args.learners, args.stagger,
                            say=lambda line: print(line, flush=True))
-    except KeyboardInterrupt:
-        print("interrupted: stopping Berth and removing what it made ...", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        try:
-            server.stop()
-            server.remove_leftovers()
-            shutil.rmtree(work, ignore_errors=True)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        report["package_cache"] = package_cache_state(args.warm)
     print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

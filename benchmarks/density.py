@@ -33,17 +33,15 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import docker
 import requests
 
-from benchmarks._host import Watch, host_cpu_busy, host_memory
+from benchmarks._host import Watch, host_cpu_busy, host_memory, own_berth
 from tests.conftest import BerthServer
 
 LESSON = "image-basics"  # one machine, real checks
@@ -82,18 +80,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quiet", type=float, default=30.0, help="seconds of each idle measurement (default 30)")
     parser.add_argument("--json", type=Path, help="also write the report here as JSON")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still clean up when stopped
-    work = Path(tempfile.mkdtemp(prefix="berth-bench-density-"))
-    server = BerthServer(work / "data", {
-        "BERTH_MAX_SESSIONS": str(args.most + 5), "BERTH_SESSIONS_PER_CLIENT": "0",
-        "BERTH_LOG_LEVEL": "WARNING", "BERTH_MIN_FREE_MEMORY": "0", "BERTH_MIN_FREE_DISK": "0",
-    })
+    settings = {"BERTH_MAX_SESSIONS": str(args.most + 5), "BERTH_SESSIONS_PER_CLIENT": "0",
+                "BERTH_LOG_LEVEL": "WARNING", "BERTH_MIN_FREE_MEMORY": "0", "BERTH_MIN_FREE_DISK": "0"}
     report: dict = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                     "host": {"name": platform.node(), "kernel": platform.release(), "cores": os.cpu_count(),
                              "memory_mib": host_memory()["total"] / 2**20},
                     "lesson": LESSON, "starts": [], "idle": {}, "stopped_because": ""}
     sessions: list[dict] = []
-    try:
+    with own_berth("density", settings) as server:
         print("starting a Berth ...", flush=True)
         server.start()
         report["idle"]["0"] = idle_cost(server, args.quiet)
@@ -138,17 +132,6 @@ def main(argv: list[str]) -> None:
             report["idle"][str(len(sessions))] = idle_cost(server, args.quiet)
         report["sessions"] = len(sessions)
         print(f"stopped at {len(sessions)} sessions: {report['stopped_because']}", flush=True)
-    except KeyboardInterrupt:
-        print("interrupted: stopping Berth and removing what it made ...", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            server.stop()  # ends the sessions and removes their machines
-            server.remove_leftovers()
-            shutil.rmtree(work, ignore_errors=True)
-        finally:
-            signal.signal(signal.SIGINT, previous)
     print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -14,6 +14,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -56,6 +57,27 @@ FILL_WAIT = 300  # seconds a Berth waits for another one filling the same seed
 
 class MirrorError(Exception):
     """The mirror cannot be filled."""
+
+
+def adopt(client: docker.DockerClient, name: str):
+    """The container of this name an earlier start of this Berth left, running again; None
+    when there is none. Berth's shared containers (the mirror, the package cache) are taken
+    over this way after a restart, so that their content and address stay."""
+    try:
+        container = client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
+    if container.status != "running":
+        container.start()
+    return container
+
+
+def network_named(client: docker.DockerClient, name: str, make: Callable[[str], object]):
+    """The network of this name, made with `make(name)` when there is none."""
+    try:
+        return client.networks.get(name)
+    except docker.errors.NotFound:
+        return make(name)
 
 
 def tar_of(files: dict[str, bytes], mode: int = 0o600) -> bytes:
@@ -321,18 +343,22 @@ class Mirror:
                 log.error("%s", self.message)
             return self.container_id
 
-    def _servable(self, images: list[str]) -> list[tuple[str, str]]:
-        """(image, path in the mirror) of the images the mirror can serve."""
-        todo = [(image, mirror_path(image)) for image in dict.fromkeys(images)]
-        for image, path in todo:
+    def _servable(self, images: list[str]) -> list[tuple[str, str, str]]:
+        """(image, path in the mirror, image id) of the images the mirror can serve: the id
+        names the seed and is what is pushed, so both are the same image."""
+        servable = []
+        for image in dict.fromkeys(images):
+            path = mirror_path(image)
             if path is None:
                 log.warning("%s is not a Docker Hub image; machines cannot pull it through the mirror", image)
-        return [(image, path) for image, path in todo if path and self._present(image)]
+            elif image_id := self._image_id(image):
+                servable.append((image, path, image_id))
+        return servable
 
-    def _seed(self, servable: list[tuple[str, str]]) -> str:
+    def _seed(self, servable: list[tuple[str, str, str]]) -> str:
         """The seed volume's name: a hash of what it serves, made of what."""
         made_of = [self.client.images.get(self.config.mirror_image).id] + sorted(
-            f"{path}={self.client.images.get(image).id}" for image, path in servable)
+            f"{path}={image_id}" for _, path, image_id in servable)
         key = hashlib.sha256(json.dumps(made_of).encode()).hexdigest()[:16]
         name = f"{SEED_PREFIX}{key}"
         try:
@@ -342,18 +368,11 @@ class Mirror:
         return name
 
     def _reader(self, seed: str) -> str:
-        try:
-            container = self.client.containers.get(self.name)
-            if container.status != "running":
-                container.start()
+        container = adopt(self.client, self.name)
+        if container:
             return container.id
-        except docker.errors.NotFound:
-            pass
-        try:
-            network = self.client.networks.get(self.name)
-        except docker.errors.NotFound:
-            network = self.client.networks.create(self.name, driver="bridge", internal=True,
-                                                  labels=self.labels)
+        network = network_named(self.client, self.name, lambda name: self.client.networks.create(
+            name, driver="bridge", internal=True, labels=self.labels))
         container = self.client.containers.run(
             self.config.mirror_image, name=self.name, detach=True, labels=self.labels,
             network=network.name, volumes={seed: {"bind": REGISTRY_DIR, "mode": "ro"}},
@@ -374,7 +393,7 @@ class Mirror:
         except docker.errors.NotFound:
             return False
 
-    def _fill(self, seed: str, servable: list[tuple[str, str]]) -> None:
+    def _fill(self, seed: str, servable: list[tuple[str, str, str]]) -> None:
         """Push the images into the seed through a writer, then leave the mark. The writer's
         name is the seed's: a second Berth filling the same seed at once waits for the first
         (the engine refuses a second container of that name) and then finds the mark."""
@@ -401,10 +420,10 @@ class Mirror:
             writer.reload()
             port = writer.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"]
             time.sleep(0.3)
-            for image, path in servable:
+            for image, path, image_id in servable:
                 target = f"127.0.0.1:{port}/{path}"
                 repository, tag = target.rsplit(":", 1)
-                self.client.images.get(image).tag(repository, tag)
+                self.client.api.tag(image_id, repository, tag)
                 try:
                     for attempt in range(40):
                         result = self.client.api.push(repository, tag=tag, stream=True, decode=True)
@@ -422,13 +441,12 @@ class Mirror:
         finally:
             writer.remove(force=True)
 
-    def _present(self, image: str) -> bool:
+    def _image_id(self, image: str) -> str | None:
         try:
-            self.client.images.get(image)
-            return True
+            return self.client.images.get(image).id
         except docker.errors.ImageNotFound:
             log.warning("%s is not on the engine; the mirror cannot serve it", image)
-            return False
+            return None
 
 
 def main() -> None:

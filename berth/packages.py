@@ -26,6 +26,7 @@ import docker.errors
 import requests.exceptions
 
 from .config import Config
+from .images import adopt, network_named
 from .isolation import root_size_bounded
 from .owner import owner_labels
 
@@ -74,18 +75,11 @@ class PackageCache:
             return self.container_id
 
     def _run(self) -> str:
-        try:
-            container = self.client.containers.get(self.name)
-            if container.status != "running":
-                container.start()
+        container = adopt(self.client, self.name)
+        if container:
             self.bounded = bool((container.attrs.get("HostConfig") or {}).get("StorageOpt"))
             return container.id
-        except docker.errors.NotFound:
-            pass
-        try:
-            network = self.client.networks.get(self.name)
-        except docker.errors.NotFound:
-            network = self._network(self.name)
+        network = network_named(self.client, self.name, self._network)
         options: dict = {}
         size = self.config.package_cache_size
         if size and root_size_bounded(self.client.info()):

@@ -30,9 +30,7 @@ apt_install() {
 engine_disk() {
   mountpoint -q "$ENGINE_DATA" && return 0
   command -v mkfs.btrfs >/dev/null || apt_install btrfs-progs
-  local fresh=
   if [ ! -f "$ENGINE_DISK" ]; then
-    fresh=1
     local free
     free=$(df --output=avail -B1 "$(dirname "$ENGINE_DISK")" | tail -n 1)
     say "making the engine's disk: $ENGINE_DISK (btrfs, grows as used up to $((free * 8 / 10 / 1024 / 1024 / 1024)) GiB)"
@@ -41,18 +39,29 @@ engine_disk() {
   fi
   mkdir -p "$ENGINE_DATA"
   mount -o loop,discard=async "$ENGINE_DISK" "$ENGINE_DATA"
-  [ -z "$fresh" ] || simple_quotas "$ENGINE_DATA"
 }
 
 # btrfs "simple quotas" (Linux 6.7 and later) count what each machine writes and always
 # enforce the bound. Full quota groups, which the engine would otherwise enable, are marked
 # inconsistent whenever a container is removed and do not enforce limits until a rescan
-# ends (seen here). Debian 12's btrfs-progs predate simple quotas: ask the kernel directly.
+# ends, and they make deleting a removed machine's snapshots slow: btrfs's cleaner then
+# falls behind and the engine with it (seen here: sessions ready in 30-60 s instead of 2).
+# The engine turns quotas off whenever it stops (its btrfs driver's clean-up) and turns full
+# ones on at its next start, so they are set before every start of the engine, not only on
+# a new disk; the engine applies each container's bound again when it mounts it. Debian 12's
+# btrfs-progs predate simple quotas: ask the kernel directly.
 simple_quotas() {
-  python3 - "$1" <<'PY' || say "no simple quotas on this kernel (6.7 or later has them): machine disk bounds lapse while btrfs rescans"
+  local uuid mode
+  uuid=$(findmnt -no UUID --mountpoint "$1" 2>/dev/null | head -n 1)
+  mode=$(cat "/sys/fs/btrfs/$uuid/qgroups/mode" 2>/dev/null || echo off)
+  [ "$mode" != squota ] || return 0
+  python3 - "$1" "$mode" <<'PY' || say "no simple quotas on this kernel (6.7 or later has them): machine disk bounds lapse while btrfs rescans"
 import fcntl, os, struct, sys
-BTRFS_IOC_QUOTA_CTL, ENABLE_SIMPLE_QUOTA = 0xC0109428, 4
-fcntl.ioctl(os.open(sys.argv[1], os.O_RDONLY), BTRFS_IOC_QUOTA_CTL, bytearray(struct.pack("QQ", ENABLE_SIMPLE_QUOTA, 0)))
+BTRFS_IOC_QUOTA_CTL, DISABLE, ENABLE_SIMPLE_QUOTA = 0xC0109428, 2, 4
+fd = os.open(sys.argv[1], os.O_RDONLY)
+if sys.argv[2] == "qgroup":  # full quota groups, left by an engine that did not stop cleanly
+    fcntl.ioctl(fd, BTRFS_IOC_QUOTA_CTL, bytearray(struct.pack("QQ", DISABLE, 0)))
+fcntl.ioctl(fd, BTRFS_IOC_QUOTA_CTL, bytearray(struct.pack("QQ", ENABLE_SIMPLE_QUOTA, 0)))
 PY
 }
 
@@ -121,6 +130,7 @@ ensure_engine() {
     say "dockerd (pid $(cat "$ENGINE_PID")) is running but not answering yet; waiting..."
   else
     rm -f "$ENGINE_PID"
+    simple_quotas "$ENGINE_DATA"
     say "starting Berth's engine in the background (log: $ENGINE_LOG, pid file: $ENGINE_PID)"
     # setsid: the engine outlives this shell; its pid is in $ENGINE_PID.
     setsid dockerd --pidfile "$ENGINE_PID" "${ENGINE_FLAGS[@]}" >>"$ENGINE_LOG" 2>&1 </dev/null &

@@ -1,7 +1,8 @@
 """The host's Docker engine restarted under a running Berth, for real: the engine is stopped
 (its containers stop with it) and started again as `./run` starts it. Berth keeps serving
 meanwhile, then starts each stopped machine again with its files, puts its firewall back
-(the attack on the host is refused again), and leaves nothing half-made; the page is told.
+(the attack on the host is refused again) and its disk bound, and leaves nothing half-made;
+the page is told.
 
 This stops the engine every other test uses, so `./run test` runs it alone, after the rest
 (marker `engine_restart`), and only on the engine that `./run` itself started: an engine of
@@ -61,6 +62,20 @@ def restart_engine() -> None:
     assert engine_pid() not in (None, pid)
 
 
+def quota_mode() -> str:
+    """How btrfs counts the engine's disk (scripts/engine.sh): squota (simple quotas), qgroup
+    (full quota groups), off, or '' where this kernel does not say."""
+    try:
+        uuid = subprocess.run(["findmnt", "-no", "UUID", "--mountpoint", "/var/lib/berth-engine"],
+                              capture_output=True, text=True, timeout=10).stdout.split()[0]
+    except (IndexError, OSError):
+        return ""
+    mode = Path(f"/sys/fs/btrfs/{uuid}/qgroups/mode")
+    if not mode.parent.exists():
+        return "off"
+    return mode.read_text().strip() if mode.exists() else ""
+
+
 def machine_statuses(berth: BerthServer, session: dict) -> dict[str, str]:
     found = berth.get(f"/api/sessions/{session['id']}", session["token"])
     assert found.status_code == 200, found.text
@@ -79,7 +94,8 @@ def host_refused(engine, session, gateway: str, port: int) -> str:
 def test_an_engine_restart_brings_the_machines_back_with_their_files_and_firewall(tmp_path):
     if engine_pid() is None:
         pytest.skip("the Docker engine here is not the one ./run started; restarting it is not ours to do")
-    berth = BerthServer(tmp_path / "berth").start()
+    # a small disk bound, so that filling it after the restart is quick
+    berth = BerthServer(tmp_path / "berth", {"BERTH_MACHINE_DISK": "2g"}).start()
     client = socketio.Client(reconnection=False)
     try:
         engine = docker.from_env(timeout=120)
@@ -112,6 +128,13 @@ def test_an_engine_restart_brings_the_machines_back_with_their_files_and_firewal
             assert code == 0 and "kept" in out, out
             # the firewall is back: the attack on the host is refused again
             assert host_refused(engine, session, gateway, port) == ""
+        # the disk bound is back: filling the host's disk from the machine is refused again,
+        # and the engine's disk is still counted by simple quotas (the engine turns quotas off
+        # when it stops and would turn slow full ones on; scripts/engine.sh sets them again)
+        code, out = in_machine(engine, session, "workstation",
+                               "dd if=/dev/zero of=/root/fill bs=1M count=2500 2>&1; rm -f /root/fill", timeout=180)
+        assert "Disk quota exceeded" in out or "No space left" in out, out
+        assert quota_mode() in ("squota", ""), f"the engine's disk is counted by {quota_mode()!r} after the restart"
         # the page was told, in order: stopped, then running again
         whats = [t["what"] for t in heard if t["machine"] == "workstation"]
         assert "stopped" in whats and whats.index("stopped") < len(whats) - 1 - whats[::-1].index("running"), heard
