@@ -82,9 +82,15 @@ def test_a_machine_killed_on_the_host_is_started_again_with_its_files(engine, sm
     code, out = in_machine(engine, session, "workstation", "echo mine > /root/kept.txt && docker info -f '{{.ID}}'")
     assert code == 0, out
     container = machine_container(engine, session, "workstation")
+    finished_before = container.attrs["State"]["FinishedAt"]
     container.kill()
-    # it really stopped (the engine may still call it running for a moment after the kill)
-    assert container.wait(timeout=30)["StatusCode"] != 0
+
+    def stopped_since() -> bool:
+        """It really stopped after the kill (the engine may still call it running for a
+        moment; and Berth may have started it again already, so its stop time is what tells)."""
+        container.reload()
+        return container.attrs["State"]["FinishedAt"] != finished_before
+    wait_until(stopped_since, 30, lambda: f"the machine did not stop: {container.attrs['State']}")
 
     def said(what: str):
         return next((t for t in page if t["what"] == what), None)
