@@ -54,8 +54,10 @@ class Pool:
     seats), within capacity; hands them to Sessions; removes what nobody took."""
 
     def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library,
-                 room_problem: Callable[[], str | None] = lambda: None):
+                 room_problem: Callable[[], str | None] = lambda: None, starts: threading.Semaphore | None = None):
         self.config = config
+        # turns to make machines (BERTH_STARTS_AT_ONCE), shared with learners' cold starts
+        self.starts = starts or threading.BoundedSemaphore(config.starts_at_once)
         self.store = store
         self.backend = backend
         self.library = library
@@ -287,8 +289,6 @@ class Pool:
         try:
             if lesson is None:
                 raise MachineError(f"There is no lesson {kit.lesson!r}.")
-            machines = self.backend.create_session(kit.session_id, list(lesson.machines))
-            kit.machines = machines
 
             def ready(machine: Machine) -> None:
                 self._wait_ready(kit, machine)
@@ -297,9 +297,12 @@ class Pool:
                         return
                     self.backend.preload(machine, [image], PRELOAD_TIMEOUT)
 
-            if not self._cancelled(kit):
-                with ThreadPoolExecutor(max_workers=len(machines)) as each:
-                    list(each.map(ready, machines))
+            with self.starts:
+                machines = self.backend.create_session(kit.session_id, list(lesson.machines))
+                kit.machines = machines
+                if not self._cancelled(kit):
+                    with ThreadPoolExecutor(max_workers=len(machines)) as each:
+                        list(each.map(ready, machines))
         except Exception as error:  # noqa: BLE001 - a failed kit is removed and tried again later
             why = error.message if isinstance(error, MachineError) else f"{type(error).__name__}: {error}"
             detail = getattr(error, "detail", "")

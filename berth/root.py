@@ -78,8 +78,9 @@ class Berth:
                                known_kinds={name: kind.params for name, kind in KINDS.items()})
         self.authority = CertificateAuthority(config.data_dir / "certs")
         self.backend = backend or backend_class(config.machines)(config, self.instance_id, self.authority)
-        self.pool = Pool(config, self.store, self.backend, self.library)
-        self.sessions = Sessions(config, self.store, self.backend, self.library, self.bus, pool=self.pool)
+        starts = threading.BoundedSemaphore(config.starts_at_once)  # turns to make machines, learners' and the pool's
+        self.pool = Pool(config, self.store, self.backend, self.library, starts=starts)
+        self.sessions = Sessions(config, self.store, self.backend, self.library, self.bus, pool=self.pool, starts=starts)
         self.pool.room_problem = self.sessions.room_problem
         self.runner = CheckRunner(KINDS)
         self.checker = Checker(config, self.store, self.library, self.backend, self.runner, self.bus)

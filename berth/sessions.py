@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60
+TURN_TIMEOUT = 600  # seconds a `wait` request waits for its session's turn to start (BERTH_STARTS_AT_ONCE)
 KIT_READY_TIMEOUT = 5  # seconds a kit's machines may take to answer again when taken (else a cold start)
 TOUCH_EVERY = 30  # seconds between writes of last_seen_at
 
@@ -46,8 +47,10 @@ class Sessions:
     the bus SessionReady when a session's machines answer, and SessionEnded before they go."""
 
     def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library, bus: Bus,
-                 pool: Pool | None = None):
+                 pool: Pool | None = None, starts: threading.Semaphore | None = None):
         self.config = config
+        # turns to make machines (BERTH_STARTS_AT_ONCE), shared with the pool
+        self.starts = starts or threading.BoundedSemaphore(config.starts_at_once)
         self.pool = pool  # sessions made ahead of time (berth/pool.py); None: every start is cold
         self.store = store
         self.backend = backend
@@ -108,11 +111,14 @@ class Sessions:
             give_way: list[str] = []
             if kit is None and self.pool is not None:
                 give_way = self.pool.give_way(self.store.count_active())
-        thread = threading.Thread(target=self._start_machines, args=(session_id, list(lesson.machines), kit, give_way),
+        turn = threading.Event()  # set when this session's machines are being made
+        thread = threading.Thread(target=self._start_machines,
+                                  args=(session_id, list(lesson.machines), kit, give_way, turn),
                                   name=f"start-{session_id}", daemon=True)
         self._starting[session_id] = thread
         thread.start()
         if wait:
+            turn.wait(TURN_TIMEOUT)  # its place in the queue, then its own start
             thread.join(READY_TIMEOUT + 10)
         return self.store.session(session_id), token  # type: ignore[return-value]
 
@@ -141,18 +147,24 @@ class Sessions:
         return None
 
     def _start_machines(self, session_id: str, names: list[str], kit: Kit | None = None,
-                        give_way: list[str] | None = None) -> None:
+                        give_way: list[str] | None = None, turn: threading.Event | None = None) -> None:
         """Make the session's machines (or take a kit's, made ahead of time) and wait until
-        each machine's engine answers; SessionReady then."""
+        each machine's engine answers; SessionReady then. Machines are made in turns
+        (BERTH_STARTS_AT_ONCE): a start waits for one, and its deadline runs from then."""
         started = time.monotonic()
+        turn = turn or threading.Event()
         try:
             machines = self._kit_machines(session_id, kit) if kit is not None else None
-            if machines is None:
+            if machines is not None:
+                turn.set()
+                self._wait_all(session_id, machines)
+            else:
                 if give_way and self.pool is not None:
                     self.pool.remove(give_way)  # kits over the limit go before this session's machines come
-                machines = self.backend.create_session(session_id, names)
-            with ThreadPoolExecutor(max_workers=len(machines)) as pool:
-                list(pool.map(lambda m: self._wait_ready(session_id, m), machines))
+                with self.starts:
+                    turn.set()
+                    machines = self.backend.create_session(session_id, names)
+                    self._wait_all(session_id, machines)
         except Exception as error:  # never leave a session "starting" forever
             if isinstance(error, MachineError):
                 log.error("session %s: machines failed: %s (%s)", session_id, error.message, error.detail)
@@ -165,6 +177,7 @@ class Sessions:
                 self.store.set_machine(session_id, name, "failed", message)
             return
         finally:
+            turn.set()
             self._starting.pop(session_id, None)
         log.info("session %s ready in %.2f s%s", session_id, time.monotonic() - started,
                  " (taken from the pool)" if kit is not None else "")
@@ -182,6 +195,10 @@ class Sessions:
                         session_id, error.message, error.detail)
             self.backend.destroy_session(session_id)
             return None
+
+    def _wait_all(self, session_id: str, machines: list[Machine]) -> None:
+        with ThreadPoolExecutor(max_workers=len(machines)) as each:
+            list(each.map(lambda m: self._wait_ready(session_id, m), machines))
 
     def _wait_ready(self, session_id: str, machine: Machine) -> None:
         self.backend.wait_ready(machine, READY_TIMEOUT)

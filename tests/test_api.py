@@ -3,8 +3,11 @@ every kind of bad input and failure, each a JSON error with a fitting status."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import pytest
 import requests
@@ -147,6 +150,31 @@ def test_capacity_is_503_with_a_clear_message(engine, tmp_path):
         assert "BERTH_MAX_SESSIONS" in refused.json()["message"]
         assert berth.delete_session(first).status_code == 204
         berth.delete_session(berth.create_session(wait=False))
+    finally:
+        berth.stop()
+        remove_instance(engine, berth.instance_id)
+
+
+def moment(stamp: str) -> float:
+    """An engine's time stamp (RFC 3339, up to nanoseconds, trailing zeros dropped) in seconds."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.datetime.fromisoformat(whole).timestamp() + float("0." + (fraction or "0"))
+
+
+def test_a_class_arriving_at_once_is_started_in_turns(engine, tmp_path):
+    # BERTH_STARTS_AT_ONCE=1: three sessions asked for together are all ready, one after
+    # another: each machine is created only after the one before it started, and each
+    # `wait` request waits for its turn as well as for its own start.
+    berth = BerthServer(tmp_path / "turns", {"BERTH_STARTS_AT_ONCE": "1"}).start()
+    try:
+        with ThreadPoolExecutor(3) as each:
+            sessions = list(each.map(lambda _: berth.create_session("image-basics"), range(3)))
+        machines = sorted((engine.containers.get(f"berth-{s['id']}-workstation").attrs for s in sessions),
+                          key=lambda attrs: moment(attrs["Created"]))
+        for earlier, later in pairwise(machines):
+            assert moment(later["Created"]) > moment(earlier["State"]["StartedAt"]), (earlier["State"], later["Created"])
+        for session in sessions:
+            assert berth.delete_session(session).status_code == 204
     finally:
         berth.stop()
         remove_instance(engine, berth.instance_id)
