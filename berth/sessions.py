@@ -163,6 +163,8 @@ class Sessions:
                     self.pool.remove(give_way)  # kits over the limit go before this session's machines come
                 with self.starts:
                     turn.set()
+                    if self._ended(session_id):  # ended (or Berth stopping) while it waited its turn
+                        return
                     machines = self.backend.create_session(session_id, names)
                     self._wait_all(session_id, machines)
         except Exception as error:  # never leave a session "starting" forever
@@ -195,6 +197,10 @@ class Sessions:
                         session_id, error.message, error.detail)
             self.backend.destroy_session(session_id)
             return None
+
+    def _ended(self, session_id: str) -> bool:
+        record = self.store.session(session_id)
+        return self.closed or record is None or record.ended_at is not None
 
     def _wait_all(self, session_id: str, machines: list[Machine]) -> None:
         with ThreadPoolExecutor(max_workers=len(machines)) as each:

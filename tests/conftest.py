@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,16 +48,21 @@ SCREEN_TEXT_JS = """(machine) => {
 }"""
 
 
-# The files whose tests take longest go to the workers first (pytest-xdist's loadfile hands
-# out files in collection order, alphabetical by default): one of them starting last would
-# be the whole run's tail.
-LONG_FILES = ("test_selftest.py", "test_machines.py", "test_browser_lesson.py", "test_class.py",
-              "test_browser_terminal.py", "test_server.py")
+# The files whose tests take longest go to the workers first, longest first, and the rest by
+# how many tests they hold: one long file starting last would be the whole run's tail.
+# pytest-xdist's loadfile hands out files in this order only with --no-loadscope-reorder
+# (./run test passes it); by itself it orders files by their number of tests, which put the
+# one-test files below (the class, the chapter) last. Seconds from a whole run (2026-12-07).
+LONG_FILES = ("test_selftest.py", "test_machines.py", "test_class.py", "test_workshops.py",
+              "test_chapter.py", "test_pool.py", "test_server.py", "test_terminal.py", "test_checks.py",
+              "test_browser_lesson.py", "test_container.py", "test_browser_workshop.py", "test_isolation.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: index for index, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: files stay whole
+    tests_in = Counter(item.path.name for item in items)
+    # stable, and a file's key is the same for all its tests: files stay whole and in order
+    items.sort(key=lambda item: (rank.get(item.path.name, len(LONG_FILES)), -tests_in[item.path.name], item.path.name))
 
 
 def free_port() -> int:

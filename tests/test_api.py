@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
@@ -175,6 +176,17 @@ def test_a_class_arriving_at_once_is_started_in_turns(engine, tmp_path):
             assert moment(later["Created"]) > moment(earlier["State"]["StartedAt"]), (earlier["State"], later["Created"])
         for session in sessions:
             assert berth.delete_session(session).status_code == 204
+        # a session ended while it waits for its turn never gets machines: none is ever made
+        since = int(time.time()) - 1
+        first, queued = berth.create_session("image-basics", wait=False), berth.create_session("image-basics", wait=False)
+        assert berth.delete_session(queued).status_code == 204
+        wait_until(lambda: berth.get(f"/api/sessions/{first['id']}", first["token"]).json()["machines"][0]["status"]
+                   == "ready", 60)
+        time.sleep(2)  # the queued start has had its turn
+        made = list(engine.events(since=since, until=int(time.time()) + 1, decode=True, filters={
+            "type": "container", "event": "create", "label": f"berth.session={queued['id']}"}))
+        assert made == [], made
+        assert berth.delete_session(first).status_code == 204
     finally:
         berth.stop()
         remove_instance(engine, berth.instance_id)
