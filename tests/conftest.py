@@ -50,9 +50,9 @@ SCREEN_TEXT_JS = """(machine) => {
 
 # The files whose tests take longest go to the workers first, longest first, and the rest by
 # how many tests they hold: one long file starting last would be the whole run's tail.
-# pytest-xdist's loadfile hands out files in this order only with --no-loadscope-reorder
-# (./run test passes it); by itself it orders files by their number of tests, which put the
-# one-test files below (the class, the chapter) last. Seconds from a whole run (2026-12-07).
+# pytest-xdist's loadfile hands out files in this order only with --no-loadscope-reorder;
+# ./run test does not pass it (the one run with it took 100 s longer, 2026-12-07), so xdist
+# orders files by their number of tests. Seconds from a whole run (2026-12-07).
 LONG_FILES = ("test_selftest.py", "test_machines.py", "test_class.py", "test_workshops.py",
               "test_chapter.py", "test_pool.py", "test_server.py", "test_terminal.py", "test_checks.py",
               "test_browser_lesson.py", "test_container.py", "test_browser_workshop.py", "test_isolation.py")
