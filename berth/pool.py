@@ -54,10 +54,9 @@ class Pool:
     seats), within capacity; hands them to Sessions; removes what nobody took."""
 
     def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library,
-                 room_problem: Callable[[], str | None] = lambda: None, starts: threading.Semaphore | None = None):
+                 *, starts: threading.Semaphore, room_problem: Callable[[], str | None] = lambda: None):
         self.config = config
-        # turns to make machines (BERTH_STARTS_AT_ONCE), shared with learners' cold starts
-        self.starts = starts or threading.BoundedSemaphore(config.starts_at_once)
+        self.starts = starts  # turns to make machines (BERTH_STARTS_AT_ONCE), shared with learners' cold starts
         self.store = store
         self.backend = backend
         self.library = library

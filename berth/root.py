@@ -80,7 +80,7 @@ class Berth:
         self.backend = backend or backend_class(config.machines)(config, self.instance_id, self.authority)
         starts = threading.BoundedSemaphore(config.starts_at_once)  # turns to make machines, learners' and the pool's
         self.pool = Pool(config, self.store, self.backend, self.library, starts=starts)
-        self.sessions = Sessions(config, self.store, self.backend, self.library, self.bus, pool=self.pool, starts=starts)
+        self.sessions = Sessions(config, self.store, self.backend, self.library, self.bus, starts=starts, pool=self.pool)
         self.pool.room_problem = self.sessions.room_problem
         self.runner = CheckRunner(KINDS)
         self.checker = Checker(config, self.store, self.library, self.backend, self.runner, self.bus)

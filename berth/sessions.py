@@ -47,10 +47,9 @@ class Sessions:
     the bus SessionReady when a session's machines answer, and SessionEnded before they go."""
 
     def __init__(self, config: Config, store: Store, backend: MachineBackend, library: Library, bus: Bus,
-                 pool: Pool | None = None, starts: threading.Semaphore | None = None):
+                 *, starts: threading.Semaphore, pool: Pool | None = None):
         self.config = config
-        # turns to make machines (BERTH_STARTS_AT_ONCE), shared with the pool
-        self.starts = starts or threading.BoundedSemaphore(config.starts_at_once)
+        self.starts = starts  # turns to make machines (BERTH_STARTS_AT_ONCE), shared with the pool
         self.pool = pool  # sessions made ahead of time (berth/pool.py); None: every start is cold
         self.store = store
         self.backend = backend
@@ -113,7 +112,7 @@ class Sessions:
                 give_way = self.pool.give_way(self.store.count_active())
         turn = threading.Event()  # set when this session's machines are being made
         thread = threading.Thread(target=self._start_machines,
-                                  args=(session_id, list(lesson.machines), kit, give_way, turn),
+                                  args=(session_id, list(lesson.machines), turn, kit, give_way),
                                   name=f"start-{session_id}", daemon=True)
         self._starting[session_id] = thread
         thread.start()
@@ -146,13 +145,12 @@ class Sessions:
                                 "starts until some ends. Tell whoever runs Berth.")
         return None
 
-    def _start_machines(self, session_id: str, names: list[str], kit: Kit | None = None,
-                        give_way: list[str] | None = None, turn: threading.Event | None = None) -> None:
+    def _start_machines(self, session_id: str, names: list[str], turn: threading.Event, kit: Kit | None = None,
+                        give_way: list[str] | None = None) -> None:
         """Make the session's machines (or take a kit's, made ahead of time) and wait until
         each machine's engine answers; SessionReady then. Machines are made in turns
         (BERTH_STARTS_AT_ONCE): a start waits for one, and its deadline runs from then."""
         started = time.monotonic()
-        turn = turn or threading.Event()
         try:
             machines = self._kit_machines(session_id, kit) if kit is not None else None
             if machines is not None:

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,23 +45,6 @@ SCREEN_TEXT_JS = """(machine) => {
   for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
   return lines.join("\\n");
 }"""
-
-
-# The files whose tests take longest go to the workers first, longest first, and the rest by
-# how many tests they hold: one long file starting last would be the whole run's tail.
-# pytest-xdist's loadfile hands out files in this order only with --no-loadscope-reorder;
-# ./run test does not pass it (the one run with it took 100 s longer, 2026-12-07), so xdist
-# orders files by their number of tests. Seconds from a whole run (2026-12-07).
-LONG_FILES = ("test_selftest.py", "test_machines.py", "test_class.py", "test_workshops.py",
-              "test_chapter.py", "test_pool.py", "test_server.py", "test_terminal.py", "test_checks.py",
-              "test_browser_lesson.py", "test_container.py", "test_browser_workshop.py", "test_isolation.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: index for index, name in enumerate(LONG_FILES)}
-    tests_in = Counter(item.path.name for item in items)
-    # stable, and a file's key is the same for all its tests: files stay whole and in order
-    items.sort(key=lambda item: (rank.get(item.path.name, len(LONG_FILES)), -tests_in[item.path.name], item.path.name))
 
 
 def free_port() -> int:

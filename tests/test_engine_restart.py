@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.engine_restart]
 
 ENGINE_PID = Path("/var/run/docker.pid")  # scripts/engine.sh
 ENGINE_LOG = Path("/var/log/berth-dockerd.log")
+ENGINE_DATA = "/var/lib/berth-engine"  # the engine's disk, a btrfs mount
 COME_BACK = 180  # seconds for the machines to be ready again after the engine is back
 
 
@@ -66,7 +67,7 @@ def quota_mode() -> str:
     """How btrfs counts the engine's disk (scripts/engine.sh): squota (simple quotas), qgroup
     (full quota groups), off, or '' where this kernel does not say."""
     try:
-        uuid = subprocess.run(["findmnt", "-no", "UUID", "--mountpoint", "/var/lib/berth-engine"],
+        uuid = subprocess.run(["findmnt", "-no", "UUID", "--mountpoint", ENGINE_DATA],
                               capture_output=True, text=True, timeout=10).stdout.split()[0]
     except (IndexError, OSError):
         return ""
