@@ -12,7 +12,10 @@ waiting for each command's prompt mark. A task's tick is the first `tasks` event
 done; its latency runs from the prompt of the task's last command to that event, both on
 this client's clock (a task that ticked before its command's prompt came back counts 0).
 Meanwhile Berth's processes (gunicorn master and worker) and the host's memory are sampled
-from /proc. At the end (also on Ctrl-C) the server is stopped and everything it made is
+from /proc; the host's busy CPU time is read at the start and the end, and each learner's
+machines' CPU time (their containers' cgroups, the learner's own containers included) from
+the host engine before the sessions end: what the lesson costs, and so how many learners the
+cores can carry at once. At the end (also on Ctrl-C) the server is stopped and everything it made is
 removed. The package cache starts empty with the Berth (cold); with --warm, one learner
 goes through the whole lesson first, unmeasured, so that the class finds every package of
 the lesson in the cache."""
@@ -32,9 +35,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import docker
 import requests
 
-from benchmarks._host import Watch, host_memory, own_berth
+from benchmarks._host import Watch, host_cpu_busy, host_memory, own_berth
 from benchmarks.checks import PROMPT, SLUG, Page, percentile
 from berth.config import PROJECT_DIR
 from berth.lessons import Lesson, load_lesson
@@ -119,6 +123,7 @@ class Learner:
     ticks: dict[str, float] = field(default_factory=dict)
     tasks: dict[str, float] = field(default_factory=dict)  # a task's first command typed until it ticked
     lesson: float | None = None  # first command typed until the last task ticked
+    machines_cpu: float | None = None  # CPU seconds its machines used, their containers included
     failure: str | None = None
     session: dict | None = field(default=None, repr=False)
 
@@ -167,6 +172,16 @@ def attend(url: str, lesson: Lesson, learner: Learner, start: float, say: Callab
         say(f"learner {learner.number}: failed: {learner.failure}")
 
 
+def machines_cpu(client: docker.DockerClient, session: dict, machines: list[str]) -> float | None:
+    """CPU seconds a session's machines have used so far: their containers' cgroups, which
+    hold the learner's own containers too (read from the host engine's stats)."""
+    try:
+        return sum(client.containers.get(f"berth-{session['id']}-{name}").stats(stream=False, one_shot=True)
+                   ["cpu_stats"]["cpu_usage"]["total_usage"] for name in machines) / 1e9
+    except (docker.errors.DockerException, KeyError):
+        return None  # a machine gone or a stats answer without CPU figures: no figure
+
+
 def describe(values: list[float]) -> dict | None:
     if not values:
         return None
@@ -182,6 +197,7 @@ def run_class(url: str, server_pid: int, learners: int, stagger: float = 0.0, le
     class_ = [Learner(number=n + 1, arrived=n * stagger) for n in range(learners)]
     watch = Watch(server_pid).start()
     load_before = os.getloadavg()
+    busy_before = host_cpu_busy()
     start = time.monotonic()
     threads = []
     for learner in class_:
@@ -194,9 +210,12 @@ def run_class(url: str, server_pid: int, learners: int, stagger: float = 0.0, le
             thread.join(0.5)  # in slices, so that Ctrl-C gets through
     took = time.monotonic() - start
     cost = watch.stop()
+    busy = host_cpu_busy() - busy_before
     load_after = os.getloadavg()
+    client = docker.from_env(timeout=60)
     for learner in class_:
         if learner.session:
+            learner.machines_cpu = machines_cpu(client, learner.session, list(lesson.machines))
             try:
                 requests.delete(f"{url}/api/sessions/{learner.session['id']}",
                                 headers={"Authorization": f"Bearer {learner.session['token']}"}, timeout=120)
@@ -218,6 +237,9 @@ def run_class(url: str, server_pid: int, learners: int, stagger: float = 0.0, le
         "completed": sum(1 for x in class_ if x.lesson is not None and not x.failure),
         "failures": [{"learner": x.number, "reason": x.failure} for x in class_ if x.failure],
         "berth": cost,
+        "host_cpu_busy_percent": 100 * busy / (took * (os.cpu_count() or 1)),
+        "machines_cpu_per_learner": describe([x.machines_cpu for x in class_ if x.machines_cpu is not None
+                                              and x.lesson is not None]),
         "host_memory_per_learner_mib": (cost["host_available_start_mib"] - cost["host_available_low_mib"]) / learners,
         "per_learner": [{k: v for k, v in asdict(x).items() if k != "session"} for x in class_],
     }
@@ -256,6 +278,11 @@ def table(report: dict) -> str:
         ("completed", f"{report['completed']} of {report['learners']}, {len(report['failures'])} failed"),
         ("Berth CPU", f"{berth['cpu_seconds']:.1f} s in {berth['seconds']:.0f} s: mean {berth['cpu_mean_percent']:.0f}%, "
                       f"peak {berth['cpu_peak_percent']:.0f}% of one core"),
+        ("host CPU", f"busy {report['host_cpu_busy_percent']:.0f}% of {host['cores']} cores over the run"),
+        ("machines' CPU", "per learner who completed the lesson: "
+                          + (f"median {report['machines_cpu_per_learner']['median']:.1f} s, "
+                             f"max {report['machines_cpu_per_learner']['max']:.1f} s"
+                             if report["machines_cpu_per_learner"] else "-")),
         ("Berth memory", f"{berth['rss_start_mib']:.0f} MiB at the start, peak {berth['rss_peak_mib']:.0f} MiB "
                          f"(resident, {berth['processes']} processes)"),
         ("host memory", f"{report['host_memory_per_learner_mib']:.0f} MiB per learner (available: "
