@@ -309,10 +309,14 @@ def main(argv: list[str]) -> None:
             warming = run_class(server.url, server.process.pid, 1, say=lambda line: print("(warming) " + line, flush=True))
             if warming["failures"]:
                 raise SystemExit(f"warming the package cache failed: {warming['failures'][0]['reason']}")
+            warming["package_cache"] = "cold"
+            print("one learner alone, before the class (cache cold):\n" + table(warming), flush=True)
         print(f"the class arrives ({server.url}) ...", flush=True)
         report = run_class(server.url, server.process.pid, args.learners, args.stagger,
                            say=lambda line: print(line, flush=True))
         report["package_cache"] = package_cache_state(args.warm)
+        if args.warm:
+            report["alone_before"] = warming  # the same lesson, one learner, same Berth: the baseline
     print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
