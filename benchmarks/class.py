@@ -44,7 +44,7 @@ from berth.config import PROJECT_DIR
 from berth.lessons import Lesson, load_lesson
 from tests.terminal_client import TerminalClient
 
-SESSION_TIMEOUT = 300  # seconds a session may take to be ready when a whole class arrives
+SESSION_TIMEOUT = 900  # seconds a session may take to be ready when a whole class arrives (in turns)
 COMMAND_TIMEOUT = 600  # a command's prompt (installing packages in a loaded machine is slow)
 TICK_TIMEOUT = 120  # a task's tick after its last command
 

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60
 TURN_TIMEOUT = 600  # seconds a `wait` request waits for its session's turn to start (BERTH_STARTS_AT_ONCE)
+# seconds a `wait` request then waits for its machines to be made and answer (or fail): making
+# them has no deadline of its own but the engine's calls', so this is a bound on a stuck start,
+# not READY_TIMEOUT (on a loaded host making two machines took longer than the 70 s once used
+# here, and the answer said "starting")
+START_TIMEOUT = 600
 KIT_READY_TIMEOUT = 5  # seconds a kit's machines may take to answer again when taken (else a cold start)
 TOUCH_EVERY = 30  # seconds between writes of last_seen_at
 
@@ -118,7 +123,7 @@ class Sessions:
         thread.start()
         if wait:
             turn.wait(TURN_TIMEOUT)  # its place in the queue, then its own start
-            thread.join(READY_TIMEOUT + 10)
+            thread.join(START_TIMEOUT)
         return self.store.session(session_id), token  # type: ignore[return-value]
 
     def _check_room(self) -> None:
