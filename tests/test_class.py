@@ -1,5 +1,6 @@
 """The class benchmark's core with two learners at once against a real Berth: both finish
-the Docker images lesson, every task ticks, nothing fails, and Berth's cost is measured."""
+the Docker images lesson, every task ticks, nothing fails, and Berth's cost and the
+learners' machines' CPU are measured."""
 
 from __future__ import annotations
 
@@ -30,4 +31,7 @@ def test_two_learners_finish_the_lesson(engine: docker.DockerClient, tmp_path):
     berth_cost = report["berth"]
     assert berth_cost["processes"] >= 2, berth_cost  # gunicorn's master and its worker were both sampled
     assert berth_cost["cpu_seconds"] > 0 and berth_cost["rss_peak_mib"] > 0
+    machines = report["machines_cpu_per_learner"]  # read from the host engine before the sessions ended
+    assert machines and machines["n"] == 2 and machines["median"] > 1, machines  # an install is seconds of CPU
+    assert 0 < report["host_cpu_busy_percent"] <= 100
     assert bench.table(report).count("\n") >= 8
