@@ -286,6 +286,7 @@ def main(argv: list[str]) -> None:
         read_until(berth, PROMPT)
         print("keystroke echo:")
         raw_echo = summary("raw", echo_latency(raw, args.keys))
+        kept_echo = summary("kept", echo_latency(kept, args.keys))  # the keeper's hop, without Berth's web side
         berth_echo = summary("berth", echo_latency(berth, args.keys))
         print(f"output throughput of head -c {args.bytes} /dev/zero | base64:")
         best: dict[str, float] = {}
@@ -320,6 +321,8 @@ def main(argv: list[str]) -> None:
           f"({ratio:.0%} of raw; target 75% or more): " + ("met" if ratio >= 0.75 else "NOT met"))
     print(f"  CPU per MB through Berth (median of the rounds): Berth's server {statistics.median(cpu['server']):.1f} ms, "
           f"the client {statistics.median(cpu['client']):.1f} ms")
+    print(f"  echo median through the keeper alone (berth-shell through the engine): {kept_echo[0]:.2f} ms "
+          f"(+{kept_echo[0] - raw_echo[0]:.2f} ms on raw); Berth's web side adds {berth_echo[0] - kept_echo[0]:.2f} ms")
     print(f"  the keeper alone (berth-shell through the engine): {best['kept'] / 1e6:.1f} MB/s "
           f"({best['kept'] / best['raw']:.0%} of raw); Berth is {best['berth'] / best['kept']:.0%} of that")
     print(f"after: {load()}")
