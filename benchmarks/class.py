@@ -175,8 +175,10 @@ def attend(url: str, lesson: Lesson, learner: Learner, start: float, say: Callab
 def machines_cpu(client: docker.DockerClient, session: dict, machines: list[str]) -> float | None:
     """CPU seconds a session's machines have used so far: their containers' cgroups, which
     hold the learner's own containers too (read from the host engine's stats)."""
+    from tests.conftest import machine_container  # when used: importing it sets the tests' defaults (no pool)
+
     try:
-        return sum(client.containers.get(f"berth-{session['id']}-{name}").stats(stream=False, one_shot=True)
+        return sum(machine_container(client, session, name).stats(stream=False, one_shot=True)
                    ["cpu_stats"]["cpu_usage"]["total_usage"] for name in machines) / 1e9
     except (docker.errors.DockerException, KeyError):
         return None  # a machine gone or a stats answer without CPU figures: no figure
@@ -309,8 +311,9 @@ def main(argv: list[str]) -> None:
             warming = run_class(server.url, server.process.pid, 1, say=lambda line: print("(warming) " + line, flush=True))
             if warming["failures"]:
                 raise SystemExit(f"warming the package cache failed: {warming['failures'][0]['reason']}")
-            warming["package_cache"] = "cold"
-            print("one learner alone, before the class (cache cold):\n" + table(warming), flush=True)
+            warming["package_cache"] = package_cache_state(warm=False)
+            print(f"one learner alone, before the class (package cache {warming['package_cache']}):\n"
+                  + table(warming), flush=True)
         print(f"the class arrives ({server.url}) ...", flush=True)
         report = run_class(server.url, server.process.pid, args.learners, args.stagger,
                            say=lambda line: print(line, flush=True))
