@@ -8,6 +8,7 @@ host's side of a session network, or in a network namespace of the tests' own.""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -258,6 +259,9 @@ def test_lan():
         command = ["ip", "netns", "exec", name, "ip", *args] if netns else ["ip", *args]
         subprocess.run(command, check=True, capture_output=True)
 
+    lock = open(TEST_LAN_LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one test network per host at a time: they share addresses
+    _remove_stale_test_lans()
     ip("netns", "add", name)
     listeners = []
     try:
@@ -277,13 +281,16 @@ def test_lan():
                  "while True:\n c,_=s.accept();c.sendall(b'SECRET-FROM-LAN\\n');c.close()\n"
         listeners.append(subprocess.Popen(["ip", "netns", "exec", name, "python3", "-c", answer]))
         def listening() -> bool:
+            assert listeners[0].poll() is None, f"the test network's listener exited ({listeners[0].returncode})"
             try:
                 socket.create_connection((addresses["blocked"], 8777), timeout=2).close()
                 return True
             except OSError:
                 return False
 
-        wait_until(listening, 20, lambda: "the test network's listener did not start", interval=0.1)
+        wait_until(listening, 20, lambda: "the test network's listener did not answer: "
+                   + subprocess.run(["ip", "route", "get", addresses["blocked"]], capture_output=True, text=True).stdout,
+                   interval=0.1)
         yield addresses
     finally:
         for process in listeners:
@@ -291,6 +298,23 @@ def test_lan():
             process.wait()
         subprocess.run(["ip", "link", "del", outside], capture_output=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        lock.close()
+
+
+TEST_LAN_LOCK = "/run/berth-test-lan.lock"
+
+
+def _remove_stale_test_lans() -> None:
+    """Remove the test networks a run that was killed left behind (called holding the lock, so
+    every one there is stale). One left in place holds the same addresses on another link,
+    the host's route to them goes there, and this run's listener is never reached."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for stale in (name for name in names if name.startswith("berth-lan-")):
+        pids = subprocess.run(["ip", "netns", "pids", stale], capture_output=True, text=True).stdout.split()
+        for pid in pids:  # that run's listener, by its pid
+            subprocess.run(["kill", "-KILL", pid], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"bl{stale[-6:]}o"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
 
 
 def _gateway(engine, session) -> str:
