@@ -123,13 +123,20 @@ def test_the_terminal_follows_the_window_and_the_divider(lesson, shots):
     lesson.screenshot(path=str(shots / "resized.png"))
 
 
-def test_yes_then_ctrl_c_gives_the_prompt_back_within_a_second(lesson, shots):
+def test_yes_then_ctrl_c_gives_the_prompt_back_soon(lesson, shots):
     wait_prompt(lesson)
-    # Time in the page: from the Ctrl-C key to the shell's next prompt marker.
+    # Measured in the page: from the Ctrl-C key to the shell's next prompt marker, the time
+    # and the bytes the terminal showed in between.
     lesson.evaluate("""() => {
       const term = window.BerthPage.terminals.workstation.terminal;
       window.prompts = [];
+      window.bytesAfterCtrlC = 0;
       term.parser.registerOscHandler(7771, () => { window.prompts.push(performance.now()); return true; });
+      const write = term.write.bind(term);
+      term.write = (data, callback) => write(data, () => {  // once xterm.js has shown it
+        if (window.ctrlC && !window.prompts.some((t) => t > window.ctrlC)) window.bytesAfterCtrlC += data.length;
+        if (callback) callback();
+      });
       document.addEventListener("keydown", (e) => {
         if (e.ctrlKey && e.code === "KeyC") window.ctrlC = performance.now();
       }, true);
@@ -137,16 +144,21 @@ def test_yes_then_ctrl_c_gives_the_prompt_back_within_a_second(lesson, shots):
     type_line(lesson, "yes")
     lesson.wait_for_timeout(3000)
     lesson.keyboard.press("Control+C")
-    lesson.wait_for_function("() => window.ctrlC && window.prompts.some((t) => t > window.ctrlC)", timeout=15000)
-    took = lesson.evaluate("() => window.prompts.find((t) => t > window.ctrlC) - window.ctrlC")
-    print(f"prompt back {took:.0f} ms after Ctrl-C")
+    lesson.wait_for_function("() => window.ctrlC && window.prompts.some((t) => t > window.ctrlC)", timeout=30000)
+    took, after = lesson.evaluate("() => [window.prompts.find((t) => t > window.ctrlC) - window.ctrlC, "
+                                  "window.bytesAfterCtrlC]")
+    print(f"prompt back {took:.0f} ms and {after / 1e6:.2f} MB after Ctrl-C")
     wait_prompt(lesson)
     lesson.screenshot(path=str(shots / "yes.png"))
-    # What this guards: without flow control the prompt came back after 38 s (a whole burst
-    # queued ahead of it). Measured with flow control: 0.9 s on the machines of Berth's first
-    # version, 1.2 s on the user-namespaced machines in CI-like runs (docs/performance.md);
-    # 2 s keeps the guard an order of magnitude below the failure it catches.
-    assert took < 2000
+    # What this guards: without flow control, all the output `yes` made in 3 s queued ahead
+    # of the prompt, which came back after 38 s. With it, what comes after the Ctrl-C is what
+    # was already in the pipes and socket buffers between the shell and the page: about 2 MB
+    # (docs/performance.md), however loaded the host. The time to show those 2 MB is the
+    # browser's and does depend on the load: 0.25-1.6 s alone or in quiet runs, 3.6 s in a
+    # whole suite on 2 busy cores. So the bytes are held to a bound and the time only to a
+    # guard against the queue.
+    assert after < 6_000_000, after
+    assert took < 15000
 
 
 def test_copy_paste_and_every_key(lesson, shots):
