@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -146,9 +147,10 @@ class Stream(ABC):
     input written as is, output (stdout and stderr, in order) read as it comes."""
 
     @abstractmethod
-    def read(self, size: int = 65536, wait: bool = True) -> bytes:
+    def read(self, size: int = 65536, wait: bool | float = True) -> bytes:
         """Up to `size` bytes of output; b"" at the end. With wait=False, only what has
-        arrived (b"" also when nothing has). TimeoutError when a timeout is set and passes."""
+        arrived (b"" also when nothing has); with a number, what arrives within that many
+        seconds. TimeoutError when a timeout is set and a waiting read passes it."""
 
     @abstractmethod
     def write(self, data: bytes) -> None: ...
@@ -177,9 +179,10 @@ class ExecStream(Stream):
         self._left = 0  # bytes of the current frame still to come
         self._ended = False
 
-    def read(self, size: int = 65536, wait: bool = True) -> bytes:
+    def read(self, size: int = 65536, wait: bool | float = True) -> bytes:
         """Up to `size` bytes of output; b"" at the end. With wait=False, only what has
-        arrived (b"" also when nothing has: the next waiting read tells the end apart)."""
+        arrived (b"" also when nothing has: the next waiting read tells the end apart); with a
+        number, what arrives within that many seconds."""
         out = bytearray()
         while True:
             while self._buffer and len(out) < size:
@@ -196,7 +199,9 @@ class ExecStream(Stream):
             if out or self._ended:
                 return bytes(out)
             try:
-                chunk = self.sock.recv(65536, 0 if wait else socket.MSG_DONTWAIT)
+                if wait is not True and not (wait and select.select([self.sock], [], [], wait)[0]):
+                    wait = False  # nothing came in time: take only what is there
+                chunk = self.sock.recv(65536, 0 if wait is True else socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return b""
             except TimeoutError:

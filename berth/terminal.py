@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 256 * 1024  # bytes a viewer may have unacknowledged (HOST-FACTS: keeps Ctrl-C quick)
 CHUNK = 64 * 1024  # largest `output` message and largest read from the TTY
+FLOOD, FLOOD_WAIT = 4000, 0.001  # this much output at hand means more is coming: wait 1 ms for it
 RING = 256 * 1024  # recent output kept for replay on reattach
 INPUT_LIMIT = 4 * 1024 * 1024  # input queued for a shell that is not reading it
 EARLY_LIMIT = 256  # out-of-order input messages held per viewer
@@ -68,7 +69,7 @@ class ShellLink:
     def __init__(self, stream: Stream):
         self.stream = stream
 
-    def read(self, size: int, wait: bool = True) -> bytes:
+    def read(self, size: int, wait: bool | float = True) -> bytes:
         return self.stream.read(size, wait)
 
     def write(self, data: bytes) -> None:
@@ -151,18 +152,20 @@ class Shell:
                 data = self.tty.read(CHUNK)
                 if not data:
                     break
-                data += self._more(CHUNK - len(data))
+                data += self._more(CHUNK - len(data), len(data))
                 self._publish(STATE_MARKER.sub(b"", data))  # "ended": the end comes next
         except Exception:  # the pump must end through _finish, whatever happened
             log.exception("terminal %s: output pump failed", self.key)
         finally:
             self.terminals._finish(self)
 
-    def _more(self, size: int) -> bytes:
-        """What else is already waiting, without waiting: fewer, larger messages in a flood."""
+    def _more(self, size: int, have: int) -> bytes:
+        """What else is already waiting: fewer, larger messages in a flood. Once a flood is
+        seen (FLOOD bytes at hand), wait a moment for the rest of a message: the engine
+        copies output in pieces of 32 KiB, and each piece sent alone costs a message."""
         more = b""
         while size > 0:
-            chunk = self.tty.read(size, wait=False)
+            chunk = self.tty.read(size, wait=FLOOD_WAIT if have + len(more) >= FLOOD else False)
             if not chunk:
                 break  # nothing more now, or the end: the next read says so
             more += chunk
@@ -202,6 +205,8 @@ class Shell:
             viewer.sent = viewer.acked = self.ring_start  # it fell behind the ring: skip ahead
         start = max(viewer.sent, self.ring_start)
         stop = min(self.end, viewer.acked + WINDOW)
+        if stop < self.end and stop - start < CHUNK and viewer.sent > viewer.acked:
+            return  # held back by the window: wait until an ack opens a whole message's worth
         while start < stop:
             size = min(CHUNK, stop - start)
             index = start - self.ring_start

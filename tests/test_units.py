@@ -3,11 +3,15 @@ is also exercised end to end by the engine and browser tests."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 
 from berth.config import Config, ConfigError, parse_pool
 from berth.events import Bus, Event, LearnerActivity, TasksChanged
-from berth.machines import Machine
+from berth.machines import ExecStream, Machine
 from berth.ports import PublishedPort, port_bindings, published_in
 from berth.preview_diagnosis import parse_listening
 from berth.preview_rewrite import rewrite_html, rewrite_location
@@ -21,7 +25,7 @@ class FakeTty:
 
     def write(self, data: bytes) -> None: ...
     def resize(self, cols: int, rows: int) -> None: ...
-    def read(self, size: int, wait: bool = True) -> bytes: return b""
+    def read(self, size: int, wait: bool | float = True) -> bytes: return b""
     def close(self) -> None: ...
 
 
@@ -96,6 +100,49 @@ def test_a_viewer_gets_no_more_than_its_credit_window():
     assert tab.output() == [(offset, CHUNK) for offset in range(0, WINDOW + CHUNK, CHUNK)]
     s.ack(tab.id, 10 * WINDOW)  # more than was sent counts as all that was sent
     assert tab.output()[-1] == (WINDOW + CHUNK, CHUNK) and s.end == WINDOW + 2 * CHUNK
+
+
+def test_a_window_held_back_opens_a_whole_message_at_a_time():
+    """Acks that free a little credit at a time do not each send a little message (what the
+    client acks per message would otherwise do in a flood); output that is not held back by
+    the window, a keystroke's echo above all, goes at once however small."""
+    s, tab = shell(), Tab()
+    s.add_viewer(tab, 80, 24, None, None)
+    s._publish(b"a")
+    assert tab.output() == [(0, 1)]  # an echo: at once
+    s.ack(tab.id, 1)
+    s._publish(b"x" * (WINDOW + CHUNK))  # a flood: a window's worth goes, the rest waits
+    assert sum(size for _, size in tab.output()) == 1 + WINDOW
+    s.ack(tab.id, 1 + 4096)  # a little credit: nothing yet
+    s.ack(tab.id, 1 + CHUNK // 2)
+    assert sum(size for _, size in tab.output()) == 1 + WINDOW
+    s.ack(tab.id, 1 + CHUNK)  # a whole message's worth: it goes
+    assert tab.output()[-1] == (1 + WINDOW, CHUNK)
+    s._publish(b"y" * 100)  # more output beyond the window, then everything acked: it all goes
+    s.ack(tab.id, s.end)
+    assert tab.output()[-1] == (1 + WINDOW + CHUNK, 100)
+
+
+def test_an_exec_stream_read_waits_as_long_as_it_is_told():
+    """The engine's frames (an 8-byte header each) are taken off; wait=False takes what is
+    there, a number waits that long for more, True waits for ever (here: until the end)."""
+    ours, engine = socket.socketpair()
+    stream = ExecStream(ours)
+
+    def frame(data: bytes) -> bytes:
+        return b"\x01\0\0\0" + len(data).to_bytes(4, "big") + data
+
+    engine.sendall(frame(b"hello "))
+    assert stream.read(100) == b"hello "
+    assert stream.read(100, wait=False) == b""
+    started = time.monotonic()
+    assert stream.read(100, wait=0.05) == b""  # nothing came within 50 ms
+    assert time.monotonic() - started >= 0.04
+    threading.Timer(0.02, lambda: engine.sendall(frame(b"world"))).start()
+    assert stream.read(100, wait=1.0) == b"world"  # came within the wait, returned then
+    engine.close()
+    assert stream.read(100) == b""  # the end
+    ours.close()
 
 
 def test_a_viewer_that_fell_behind_the_ring_skips_ahead():
