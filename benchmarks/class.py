@@ -49,9 +49,10 @@ COMMAND_TIMEOUT = 600  # a command's prompt (installing packages in a loaded mac
 TICK_TIMEOUT = 120  # a task's tick after its last command
 
 
-def class_lesson() -> Lesson:
-    """The Docker images lesson with the base image this host serves."""
-    return load_lesson(PROJECT_DIR / "lessons" / SLUG, {"BERTH_BASE_IMAGE": os.environ.get("BERTH_BASE_IMAGE", "")})
+def class_lesson(slug: str = SLUG) -> Lesson:
+    """The lesson the class takes (the Docker images lesson unless told), with the base image
+    this host serves."""
+    return load_lesson(PROJECT_DIR / "lessons" / slug, {"BERTH_BASE_IMAGE": os.environ.get("BERTH_BASE_IMAGE", "")})
 
 
 def server_settings(learners: int) -> dict[str, str]:
@@ -301,21 +302,24 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between two learners' arrivals (default 0: at once)")
     parser.add_argument("--warm", action="store_true",
                         help="one learner goes through the lesson first, unmeasured, so the class finds the package cache warm")
+    parser.add_argument("--lesson", default=SLUG, help=f"the lesson the class takes (default {SLUG})")
     parser.add_argument("--json", type=Path, help="also write the report here as JSON")
     args = parser.parse_args(argv)
+    lesson = class_lesson(args.lesson)
     with own_berth("class", server_settings(args.learners)) as server:
         print(f"starting a Berth for {args.learners} learners ...", flush=True)
         server.start()
         if args.warm:
             print("warming the package cache: one learner goes through the lesson first ...", flush=True)
-            warming = run_class(server.url, server.process.pid, 1, say=lambda line: print("(warming) " + line, flush=True))
+            warming = run_class(server.url, server.process.pid, 1, lesson=lesson,
+                                say=lambda line: print("(warming) " + line, flush=True))
             if warming["failures"]:
                 raise SystemExit(f"warming the package cache failed: {warming['failures'][0]['reason']}")
             warming["package_cache"] = package_cache_state(warm=False)
             print(f"one learner alone, before the class (package cache {warming['package_cache']}):\n"
                   + table(warming), flush=True)
         print(f"the class arrives ({server.url}) ...", flush=True)
-        report = run_class(server.url, server.process.pid, args.learners, args.stagger,
+        report = run_class(server.url, server.process.pid, args.learners, args.stagger, lesson=lesson,
                            say=lambda line: print(line, flush=True))
         report["package_cache"] = package_cache_state(args.warm)
         if args.warm:
