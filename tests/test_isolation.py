@@ -253,7 +253,7 @@ def test_lan():
     addresses in a private range, in an allowed range and link-local, each with a listener
     that answers SECRET-FROM-LAN."""
     name = f"berth-lan-{uuid.uuid4().hex[:6]}"
-    outside, inside = f"bl{name[-6:]}o", f"bl{name[-6:]}i"
+    outside, inside = _test_lan_links(name)
 
     def ip(*args, netns=False):
         command = ["ip", "netns", "exec", name, "ip", *args] if netns else ["ip", *args]
@@ -304,6 +304,11 @@ def test_lan():
 TEST_LAN_LOCK = "/run/berth-test-lan.lock"
 
 
+def _test_lan_links(name: str) -> tuple[str, str]:
+    """The veth pair of test network `name`: its end on the host and its end inside."""
+    return f"bl{name[-6:]}o", f"bl{name[-6:]}i"
+
+
 def _remove_stale_test_lans() -> None:
     """Remove the test networks a run that was killed left behind (called holding the lock, so
     every one there is stale). One left in place holds the same addresses on another link,
@@ -313,7 +318,7 @@ def _remove_stale_test_lans() -> None:
         pids = subprocess.run(["ip", "netns", "pids", stale], capture_output=True, text=True).stdout.split()
         for pid in pids:  # that run's listener, by its pid
             subprocess.run(["kill", "-KILL", pid], capture_output=True)
-        subprocess.run(["ip", "link", "del", f"bl{stale[-6:]}o"], capture_output=True)
+        subprocess.run(["ip", "link", "del", _test_lan_links(stale)[0]], capture_output=True)
         subprocess.run(["ip", "netns", "del", stale], capture_output=True)
 
 
