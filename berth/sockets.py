@@ -132,7 +132,15 @@ def _seq(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+# Refusals that only say "a moment": the page retries them while machines start.
+PASSING_REFUSALS = frozenset({"machine_not_ready", "not_ready"})
+
+
 def _refuse(status: int, code: str, message: str):
+    """Refuse a socket's connection with Berth's error shape; said in the log (unless it
+    only asks to wait), so that a page that never connects has its reason on record."""
+    if code not in PASSING_REFUSALS:
+        log.info("socket %s from %s refused: %s %s", request.namespace, request.remote_addr, status, code)
     raise ConnectionRefusedError(message, {"error": code, "status": status})
 
 

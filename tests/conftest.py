@@ -202,6 +202,46 @@ def page_session(page) -> dict:
     raise AssertionError("the page's session cookie is missing")
 
 
+# What a page shows of its own state, for a failure's message: which of Berth's scripts ran,
+# each terminal's state, and the status line.
+PAGE_STATE_JS = """() => ({
+  url: location.href, ready: document.readyState, title: document.title,
+  scripts: {io: typeof window.io, xterm: typeof window.Terminal, terminal: typeof window.BerthTerminal,
+            page: typeof window.BerthPage},
+  terminals: window.BerthPage ? Object.fromEntries(Object.entries(window.BerthPage.terminals).map(
+    ([machine, t]) => [machine, t.state])) : null,
+  connection: (document.getElementById("connection") || {}).textContent || null,
+  text: document.body ? document.body.innerText.slice(0, 400) : null,
+})"""
+
+
+def journal(page) -> list[str]:
+    """Record what goes wrong in a page from now on (its errors, console warnings, failed
+    and refused requests), for the message of a test that fails on it."""
+    lines: list[str] = []
+    stamp = lambda: time.strftime("%H:%M:%S")  # noqa: E731
+    page.on("pageerror", lambda error: lines.append(f"{stamp()} page error: {error}"))
+    page.on("console", lambda message: message.type in ("error", "warning")
+            and lines.append(f"{stamp()} console {message.type}: {message.text}"))
+    page.on("requestfailed", lambda request: lines.append(
+        f"{stamp()} request failed: {request.method} {request.url} ({request.failure})"))
+    page.on("response", lambda response: response.status >= 400 and lines.append(
+        f"{stamp()} {response.status} for {response.request.method} {response.url}"))
+    return lines
+
+
+def page_diagnosis(page, lines: list[str] | None = None, server: BerthServer | None = None) -> str:
+    """The page's state, what its journal recorded and the server's last log lines."""
+    try:
+        state = page.evaluate(PAGE_STATE_JS)
+    except Exception as error:  # noqa: BLE001 - a crashed or closed page says so
+        state = f"(the page does not answer: {error})"
+    parts = [f"page: {state}", "journal:", *(lines or ["(nothing)"])]
+    if server is not None:
+        parts += ["server log:", server.log_tail(30)]
+    return "\n".join(str(part) for part in parts)
+
+
 def wait_until(condition, timeout: float, message=lambda: "", interval: float = 0.2):
     """Poll `condition` until it returns something true, and return that; fail with
     message() when `timeout` seconds pass first."""

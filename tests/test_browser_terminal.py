@@ -15,7 +15,17 @@ from playwright.sync_api import Page
 
 from berth.config import Config
 
-from .conftest import KEEP, SCREEN_TEXT_JS, BerthServer, in_machine, page_session, remove_instance, wait_until
+from .conftest import (
+    KEEP,
+    SCREEN_TEXT_JS,
+    BerthServer,
+    in_machine,
+    journal,
+    page_diagnosis,
+    page_session,
+    remove_instance,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine]
 
@@ -35,6 +45,7 @@ def lesson(browser, server):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.journal, page.server = journal(page), server  # for wait_connected's message
     page.goto(server.url + "/lessons/docker-images")
     wait_connected(page)
     page.click("#terminals .terminal-host:not([hidden])")
@@ -45,10 +56,17 @@ def lesson(browser, server):
     assert not errors, errors
 
 
+CONNECTED_JS = """(m) => Boolean(window.BerthPage && window.BerthPage.terminals[m]
+  && window.BerthPage.terminals[m].state.name === "connected")"""
+
+
 def wait_connected(page: Page, machine: str = "workstation", timeout: float = 90) -> None:
-    page.wait_for_function(
-        "(m) => window.BerthPage && window.BerthPage.terminals[m] && window.BerthPage.terminals[m].state.name === 'connected'",
-        arg=machine, timeout=timeout * 1000)
+    """Until the machine's terminal is connected; a failure says what the page, its journal
+    and the server saw (a terminal once never connected in CI, with nothing else to go by)."""
+    wait_until(lambda: page.evaluate(CONNECTED_JS, machine), timeout,
+               lambda: f"the {machine} terminal did not connect in {timeout:.0f} s\n"
+                       + page_diagnosis(page, getattr(page, "journal", None), getattr(page, "server", None)),
+               interval=0.25)
 
 
 def screen(page: Page, machine: str = "workstation") -> str:
@@ -227,6 +245,7 @@ def test_a_server_restart_reconnects_to_the_same_shell(browser, engine, tmp_path
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
         page = context.new_page()
+        page.journal, page.server = journal(page), berth
         page.goto(berth.url + "/lessons/docker-images")
         wait_connected(page)
         page.click("#terminals .terminal-host:not([hidden])")
