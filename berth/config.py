@@ -154,6 +154,7 @@ class Config(BaseSettings):
     data_dir: ProjectPath = setting("instance", "Where the progress store (SQLite), keys and certificates live; relative to the project folder.")
     lessons_dir: ProjectPath = setting("lessons", "Folder of lessons, one sub-folder each; relative to the project folder.")
     base_image: str = setting("ubuntu:latest", "The base image lessons use (what the learner runs). `./run` sets debian:bookworm when no registry answers.")
+    engine_timeout: Annotated[Duration, Field(ge=1)] = setting("60s", "How long Berth waits for an answer from the host's Docker engine before it tells the learner that the engine does not answer (a heavily loaded host may need more).")
     machines: str = setting("docker", "The machines backend: docker (machines are containers on DOCKER_HOST's engine), or module:Class of another (docs/architecture.md).")
     machine_image: str = setting("berth-machine:latest", "Image of a learner machine (built from machine/ by `./run`).")
     mirror_image: str = setting("berth-mirror:latest", "Image of the registry mirror that serves lesson images to machines (built from mirror/); empty: no mirror.")

@@ -433,7 +433,7 @@ class DockerMachines(MachineBackend):
         with self._host_lock:
             if self._host is None:
                 try:
-                    self._host = docker.from_env(timeout=60)
+                    self._host = docker.from_env(timeout=self.config.engine_timeout)
                     self._host.ping()
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
                     self._host = None
@@ -887,7 +887,7 @@ class DockerMachines(MachineBackend):
         except docker.errors.APIError as error:
             raise MachineError(f"A terminal in {machine.name} could not be opened.", str(error)) from None
         sock = getattr(response, "_sock", response)
-        sock.settimeout(None)  # the client's 60 s timeout would drop an idle terminal
+        sock.settimeout(None)  # the client's timeout (BERTH_ENGINE_TIMEOUT) would drop an idle terminal
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return ExecStream(sock)

@@ -93,7 +93,8 @@ def test_the_whole_lesson_typed_into_the_page(server, browser):
         shot(page, "1-wrong-first-attempt")
 
         learner.type("workstation", "docker rm -f ubuntu001")
-        for task in lesson.tasks:
+        for task in lesson.tasks:  # each pending until its solution, done after it (the self-test's walk)
+            expect(learner.task(task.id)).to_have_attribute("data-status", "pending")
             for step in task.solution:
                 learner.type(step.machine, step.run)
             expect(learner.task(task.id)).to_have_attribute("data-status", "done", timeout=30_000)

@@ -1,7 +1,9 @@
 """Every check kind against real containers in real learner machines: the spellings a
 learner may use are all accepted, and wrong setups get the message that says what is wrong.
 
-One prepared setup serves the whole module (apt-get and `docker save` take a while)."""
+One prepared setup serves the whole module (apt-get and `docker save` take a while). It
+installs nginx alone: the lesson's vim and python3 took another 32 s of it, and one package
+shows what program_installed does as well as three (the lesson's own walks install all three)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.engine
 
 WORKSTATION = r"""
 set -e
-docker run -dit --name ubuntu001 -e VAR1=ubuntu -e VAR2=webserver -p 3000:3000 -p 3010:3010 -p 3020:3020 -p 3030:3030 {base} bash
+docker run -dit --name ubuntu001 -e VAR1=ubuntu -e VAR2=webserver -p 3000:3000 -p 3010:3010 -p 3020:3020 {base} bash
 printf 'VAR1=ubuntu\nVAR2=webserver\n' > /root/vars.env
 docker run -dit --name spelled-env-file --env-file /root/vars.env --publish 0.0.0.0:3001:3000/tcp {base} bash
 docker run -dit --name spelled-long --env VAR1=ubuntu --env=VAR2=webserver --publish=3002:3000/tcp {base} bash
@@ -32,13 +34,14 @@ docker run -dit --name wrong -e VAR1=ubuntu -e VAR2=web -p 3003:80 {base} bash
 docker run -dit --name loopback -p 127.0.0.1:3004:3000 {base} bash
 docker run --name stopped {base} bash
 docker create --name created {base} bash >/dev/null
-docker exec ubuntu001 sh -c 'apt-get update -q && apt-get install -y -q vim python3 nginx' >/dev/null 2>&1
+docker exec ubuntu001 sh -c 'apt-get update -q && apt-get install -y -q nginx' >/dev/null 2>&1
 docker exec ubuntu001 sed -i 's/80 default_server/3000 default_server/' /etc/nginx/sites-available/default
 docker exec ubuntu001 sh -c 'mkdir -p /srv/other /srv/default && echo "<p>Other page</p>" > /srv/other/index.html \
   && cp /var/www/html/index.nginx-debian.html /srv/default/index.html \
   && printf "server { listen 3010; root /srv/other; }\nserver { listen 3020; root /srv/default; }\n" > /etc/nginx/conf.d/more.conf \
   && nginx'
-docker exec -d ubuntu001 sh -c 'cd /srv/other && exec python3 -m http.server 3030'
+mkdir -p /root/other && echo '<p>Other page</p>' > /root/other/index.html
+(cd /root/other && timeout 900 python3 -m http.server 3030 >/dev/null 2>&1 &)
 echo '<h1>Hello from my own image</h1>' > /root/index.html
 docker cp /root/index.html ubuntu001:/var/www/html/index.html
 docker commit ubuntu001 my-web:1.0 >/dev/null
@@ -186,9 +189,8 @@ def test_any_container_of_an_image_in_another_machine(lab):
 
 def test_programs_installed_or_not(lab):
     expect(lab.check("program_installed", machine="workstation", container="ubuntu001",
-                     programs=["vim", "python3", "nginx"]),
-           (True, "vim is installed in ubuntu001."), (True, "python3 is installed in ubuntu001."),
-           (True, "nginx is installed in ubuntu001."))
+                     programs=["nginx", "sed"]),
+           (True, "nginx is installed in ubuntu001."), (True, "sed is installed in ubuntu001."))
     expect(lab.check("program_installed", machine="workstation", container="spelled-long", programs=["vim", "sh"]),
            (False, "vim is not installed in spelled-long yet."), (True, "sh is installed in spelled-long."))
     expect(lab.check("program_installed", machine="workstation", container="stopped", programs=["vim"]),
