@@ -1,5 +1,6 @@
-"""The lessons' self-test: every lesson passes, in fresh real machines or in a session from the
-pool, and a lesson whose checks prove nothing or whose solution misses is reported as broken."""
+"""The lessons' self-test: lessons pass it in fresh real machines and in sessions from the pool
+(docker-images is walked in the browser instead, see COLD below), and a lesson whose checks
+prove nothing or whose solution misses is reported as broken."""
 
 from __future__ import annotations
 
