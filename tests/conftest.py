@@ -48,9 +48,10 @@ SCREEN_TEXT_JS = """(machine) => {
 
 
 # The slowest files first (the per-file seconds of a CI run at abb4b6f, docs/performance.md,
-# "The test suite"). Two workers take whole files in collection order (--dist loadfile), so
-# in alphabetical order a long file taken last left one worker alone for minutes; longest
-# first, the quick files fill the gaps at the end. Files not named here follow, as they were.
+# "The test suite"). Two workers take whole files in collection order (--dist loadfile
+# --no-loadscope-reorder: xdist's own order, by number of tests, handed out one-test files
+# such as the chapter's last, and a long one taken last left one worker alone for minutes);
+# longest first, the quick files fill the gaps at the end. Files not named here follow.
 SLOWEST_FIRST = ("test_machines", "test_browser_terminal", "test_terminal", "test_server", "test_pool",
                  "test_selftest", "test_workshops", "test_checks", "test_chapter", "test_isolation",
                  "test_browser_lesson", "test_api", "test_container", "test_packages", "test_checker",
