@@ -1,7 +1,7 @@
 """How fast a session's machines are ready, cold and from the pool, and what an idle
 machine costs.
 
-./run bench machines [RUNS] [--class N]
+./run bench machines [RUNS] [--class N] [--class-only]
 
 Measures, in one run on this host:
 - Berth: POST /api/sessions (wait=true) until every machine's engine answers, for a
@@ -118,15 +118,39 @@ def class_arriving(server: BerthServer, lesson: str, learners: int) -> tuple[lis
     return sorted(ready), pooled
 
 
+def pool_class(engine, learners: int, runs: int) -> None:
+    """A class arriving at a Berth whose pool holds a kit for each learner, `runs` times
+    (the pool refilled in between): when the first, the median and the last were ready."""
+    work = Path(tempfile.mkdtemp(prefix="berth-bench-"))
+    pooled = BerthServer(work / "pooled", {"BERTH_LOG_LEVEL": "WARNING", "BERTH_MAX_SESSIONS": str(learners + 1),
+                                           "BERTH_POOL": f"0,docker-images={learners}"}).start()
+    try:
+        for index in range(runs):
+            settled(pooled)
+            ready, taken = class_arriving(pooled, "docker-images", learners)
+            print(f"run {index + 1}: class of {learners} from the pool: first ready {ready[0]:.2f} s, median "
+                  f"{statistics.median(ready):.2f} s, last {ready[-1]:.2f} s ({taken} of {learners} from the pool)",
+                  flush=True)
+    finally:
+        pooled.stop()
+        remove_instance(engine, pooled.instance_id)
+    print(f"load average after: {load()}")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="./run bench machines")
     parser.add_argument("runs", nargs="?", type=int, default=10)
     parser.add_argument("--class", dest="learners", type=int, default=16, metavar="N",
                         help="learners arriving at once (default 16; 0: skip)")
+    parser.add_argument("--class-only", action="store_true",
+                        help="only the class taking the pool sized for it, RUNS times")
     args = parser.parse_args(argv)
     runs, learners = args.runs, args.learners
     loads = [f"load average before: {load()}"]
     engine = docker.from_env()
+    if args.class_only:
+        pool_class(engine, learners, runs)
+        return
     work = Path(tempfile.mkdtemp(prefix="berth-bench-"))
     lessons = work / "lessons"
     (lessons / "one-machine").mkdir(parents=True)

@@ -160,22 +160,32 @@ class Checker:
     # --- sessions coming and going
 
     def watch(self, session_id: str) -> Watch | None:
-        """Start watching a session whose machines are ready (on "ready" from sessions)."""
+        """Start watching a session whose machines are ready (on "ready" from sessions).
+        The store and the engine are asked outside the checker's lock: a class arriving
+        together had each session's start wait for the others' engine calls in turn."""
         with self._lock:
             existing = self._watches.get(session_id)
-            if existing is not None:
+        if existing is not None:
+            return existing
+        record = self.store.session(session_id)
+        if record is None or record.ended_at is not None or not record.machines \
+                or any(m.status != "ready" for m in record.machines):
+            return None
+        try:
+            found = {m.name: m for m in self.backend.machines(session_id)}
+        except MachineError as error:
+            log.warning("cannot watch session %s: %s", session_id, error.message)
+            return None
+        with self._lock:
+            existing = self._watches.get(session_id)
+            if existing is not None:  # watched by another caller meanwhile
                 return existing
-            record = self.store.session(session_id)
-            if record is None or record.ended_at is not None or not record.machines \
-                    or any(m.status != "ready" for m in record.machines):
-                return None
-            try:
-                found = {m.name: m for m in self.backend.machines(session_id)}
-            except MachineError as error:
-                log.warning("cannot watch session %s: %s", session_id, error.message)
-                return None
             watch = Watch(session_id, machines=found)
             self._watches[session_id] = watch
+        record = self.store.session(session_id)  # ended while the engine was asked: forget
+        if record is None or record.ended_at is not None:  # it (the store says so first)
+            self.forget(session_id)
+            return None
         for name in found:
             threading.Thread(target=self._follow_events, args=(watch, name), daemon=True,
                              name=f"events-{session_id}-{name}").start()

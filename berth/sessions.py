@@ -158,9 +158,10 @@ class Sessions:
         started = time.monotonic()
         try:
             machines = self._kit_machines(session_id, kit) if kit is not None else None
-            if machines is not None:
+            if machines is not None:  # a kit's, whose engines have just answered
                 turn.set()
-                self._wait_all(session_id, machines)
+                for machine in machines:
+                    self.store.set_machine(session_id, machine.name, "ready")
             else:
                 if give_way and self.pool is not None:
                     self.pool.remove(give_way)  # kits over the limit go before this session's machines come
