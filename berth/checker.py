@@ -182,8 +182,10 @@ class Checker:
                 return existing
             watch = Watch(session_id, machines=found)
             self._watches[session_id] = watch
-        record = self.store.session(session_id)  # ended while the engine was asked: forget
-        if record is None or record.ended_at is not None:  # it (the store says so first)
+        # Ended while the engine was asked? The store says so before SessionEnded is sent,
+        # so a forget() that came before the watch was added is made up for here.
+        record = self.store.session(session_id)
+        if record is None or record.ended_at is not None:
             self.forget(session_id)
             return None
         for name in found:
