@@ -34,6 +34,12 @@ PRELOAD_TIMEOUT = 300  # seconds to pull a lesson's images into one machine
 LOOK_EVERY = 2.0  # seconds between looks at what is missing, when nothing wakes the pool sooner
 RETRY_AFTER = 30.0  # seconds before a lesson whose kit failed is tried again
 STOP_WAIT = 8.0  # seconds stopping waits for kits being made to stop by themselves
+# A class arriving takes many kits within a second. Refilling behind each take would make
+# machines (engine calls, certificates) on the same two cores while the rest of the class
+# is still being answered, so the refill waits until takes pause for SETTLE seconds, and
+# for no more than SETTLE_AT_MOST after the first take it waited for.
+SETTLE = 0.5
+SETTLE_AT_MOST = 3.0
 
 
 @dataclass
@@ -71,6 +77,7 @@ class Pool:
         self._fills = ThreadPoolExecutor(max_workers=FILLS_AT_ONCE, thread_name_prefix="pool-fill")
         self._failed: dict[str, tuple[float, str]] = {}  # lesson -> (when, why) of its last failed kit
         self.taken = 0  # kits handed to sessions since start
+        self._taken_at = 0.0  # monotonic time of the last take
 
     # --- what is wanted
 
@@ -139,7 +146,8 @@ class Pool:
             del self._kits[kit.session_id]
             self._handing.add(kit.session_id)
             self.taken += 1
-        self._wake.set()  # refill behind it
+            self._taken_at = time.monotonic()
+        self._wake.set()  # refill behind it, once the takes pause (SETTLE)
         return kit
 
     def handed(self, session_id: str) -> None:
@@ -223,12 +231,24 @@ class Pool:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._settle()
             try:
                 self._look()
             except Exception:  # noqa: BLE001 - the pool must keep going
                 log.exception("pool: looking at what is missing failed")
             self._wake.wait(LOOK_EVERY)
             self._wake.clear()
+
+    def _settle(self) -> None:
+        """Wait while kits are being taken (a class arriving), SETTLE_AT_MOST at most."""
+        give_up = time.monotonic() + SETTLE_AT_MOST
+        while not self._stop.is_set():
+            with self._lock:
+                quiet_at = self._taken_at + SETTLE
+            now = time.monotonic()
+            if now >= quiet_at or now >= give_up:
+                return
+            self._stop.wait(min(quiet_at, give_up) - now)
 
     def _look(self) -> None:
         """Start making the kits that are missing (within capacity), and remove warm kits

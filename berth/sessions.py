@@ -116,14 +116,15 @@ class Sessions:
             if kit is None and self.pool is not None:
                 give_way = self.pool.give_way(self.store.count_active())
         turn = threading.Event()  # set when this session's machines are being made
+        done = threading.Event()  # set when they answer (or failed), before SessionReady is told
         thread = threading.Thread(target=self._start_machines,
-                                  args=(session_id, list(lesson.machines), turn, kit, give_way),
+                                  args=(session_id, list(lesson.machines), turn, done, kit, give_way),
                                   name=f"start-{session_id}", daemon=True)
         self._starting[session_id] = thread
         thread.start()
         if wait:
             turn.wait(TURN_TIMEOUT)  # its place in the queue, then its own start
-            thread.join(START_TIMEOUT)
+            done.wait(START_TIMEOUT)
         return self.store.session(session_id), token  # type: ignore[return-value]
 
     def _check_room(self) -> None:
@@ -150,11 +151,14 @@ class Sessions:
                                 "starts until some ends. Tell whoever runs Berth.")
         return None
 
-    def _start_machines(self, session_id: str, names: list[str], turn: threading.Event, kit: Kit | None = None,
-                        give_way: list[str] | None = None) -> None:
+    def _start_machines(self, session_id: str, names: list[str], turn: threading.Event, done: threading.Event,
+                        kit: Kit | None = None, give_way: list[str] | None = None) -> None:
         """Make the session's machines (or take a kit's, made ahead of time) and wait until
         each machine's engine answers; SessionReady then. Machines are made in turns
-        (BERTH_STARTS_AT_ONCE): a start waits for one, and its deadline runs from then."""
+        (BERTH_STARTS_AT_ONCE): a start waits for one, and its deadline runs from then.
+        `done` is set before SessionReady is told, so that a request waiting for the machines
+        answers without waiting for its listeners (the checker's watch): a class arriving at
+        once had each answer wait for its own watch, on the same two cores as the others."""
         started = time.monotonic()
         try:
             machines = self._kit_machines(session_id, kit) if kit is not None else None
@@ -185,6 +189,7 @@ class Sessions:
         finally:
             turn.set()
             self._starting.pop(session_id, None)
+            done.set()
         log.info("session %s ready in %.2f s%s", session_id, time.monotonic() - started,
                  " (taken from the pool)" if kit is not None else "")
         self.bus.publish(SessionReady(session_id))
