@@ -185,7 +185,7 @@ def main(argv: list[str]) -> None:
         loads.append(f"after the cold runs: {load()}")
 
         # from the pool: a Berth keeping one kit of each lesson, and the class's seats
-        pooled = BerthServer(work / "pooled", {**quiet, "BERTH_MAX_SESSIONS": str(learners + 1),
+        pooled = BerthServer(work / "pooled", {**quiet, "BERTH_MAX_SESSIONS": str(max(1, learners) + 1),
                                                "BERTH_POOL": f"one-machine=1,docker-images={max(1, learners)}"}).start()
         try:
             for lesson, key in (("one-machine", "one-pool"), ("docker-images", "two-pool")):
