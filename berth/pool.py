@@ -37,7 +37,7 @@ STOP_WAIT = 8.0  # seconds stopping waits for kits being made to stop by themsel
 # A class arriving takes many kits within a second. Refilling behind each take would make
 # machines (engine calls, certificates) on the same two cores while the rest of the class
 # is still being answered, so the refill waits until takes pause for SETTLE seconds, and
-# for no more than SETTLE_AT_MOST after the first take it waited for.
+# no longer than SETTLE_AT_MOST in all (takes that never pause would starve the pool).
 SETTLE = 0.5
 SETTLE_AT_MOST = 3.0
 
