@@ -44,7 +44,9 @@ def test_open_port_3000_shows_the_custom_page(server, engine, lesson):
     sh(engine, sid, "workstation", "docker exec ubuntu001 sh -c 'echo \"<p>The about page</p>\" > /var/www/html/about.html'")
 
     button = page.get_by_role("button", name="Open port 3000")
-    expect(button).to_be_visible(timeout=15_000)  # found by watching the machine's engine
+    # the page asks for the ports every 3 s, every 10 s after a request that failed (such as
+    # its first, before the machines were ready): two slow polls fit in the wait
+    expect(button).to_be_visible(timeout=25_000)
     button.click()
     expect(page.locator("#preview")).to_be_visible()
     frame = page.frame_locator("#preview iframe")
