@@ -43,6 +43,9 @@ def init_app(app: Flask) -> Environment:
     assets.register("berth_js", Bundle(*BERTH_JS, output="gen/berth.%(version)s.js"))
     assets.register("instructor_js", Bundle(*INSTRUCTOR_JS, output="gen/instructor.%(version)s.js"))
     assets.register("berth_css", Bundle(*CSS, output="gen/berth.%(version)s.css"))
+    # made here, not by webassets, whose makedirs fails when another Berth of the same
+    # checkout makes the folder at the same moment (two test workers starting at once)
+    (PROJECT_DIR / "static" / "gen").mkdir(parents=True, exist_ok=True)
     for bundle in assets:
         bundle.build(force=True)  # once at start-up, not racing on the first page view
     return assets
